@@ -1,0 +1,205 @@
+"""Input validation, done once at the public boundary.
+
+After :func:`check_spectra` the arrays obey the conventions of
+:mod:`specnmf.objective`: 2-D, real floating point, ``ivar`` finite and >= 0,
+``X`` finite everywhere (non-finite flux is allowed only where ``ivar == 0``
+and is replaced by 0 there, in a copy).  Nothing downstream checks again, and
+the caller's arrays are never modified.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+
+__all__ = [
+    "MissingDataWarning",
+    "check_spectra",
+    "check_factor",
+    "check_dtype",
+    "warn_missing",
+]
+
+
+class MissingDataWarning(UserWarning):
+    """A spectrum or pixel has zero weight everywhere (it cannot be fitted)."""
+
+
+_DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+def check_dtype(dtype) -> np.dtype:
+    """Normalise the ``dtype`` parameter to ``np.float32`` or ``np.float64``."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in _DTYPES:
+        raise ValueError(f"dtype must be 'float64' or 'float32'; got {dtype!r}")
+    return dt
+
+
+def _as_real_array(a, name: str) -> np.ndarray:
+    if hasattr(a, "__array_namespace__") and not isinstance(a, np.ndarray):
+        from .backends import to_numpy
+
+        a = to_numpy(a)
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a numeric array; could not convert it: {exc}") from exc
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real; got complex dtype {arr.dtype}")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array; got dtype {arr.dtype}")
+    return arr
+
+
+def _check_2d(arr: np.ndarray, name: str, hint: str = "") -> None:
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D {hint}; got a {arr.ndim}-D array of shape {arr.shape}"
+            + (". For one spectrum use X.reshape(1, -1)" if arr.ndim == 1 and name == "X" else "")
+        )
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+
+
+def check_spectra(X, ivar=None, *, dtype="float64"):
+    """Validate flux and inverse variance.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_spectra, n_pixels)
+        Flux, may be negative.  NaN/inf allowed only where ``ivar == 0``.
+    ivar : array-like of shape (n_spectra, n_pixels) or None
+        Inverse variance, finite and >= 0; 0 means missing.  ``None`` gives
+        unit weights.
+    dtype : {"float64", "float32"} or None
+        Working precision.  ``None`` keeps float32 input as float32 and
+        converts everything else to float64.
+
+    Returns
+    -------
+    X, ivar : ndarray of shape (n_spectra, n_pixels)
+        Validated arrays; copies whenever anything had to change, so the
+        caller's arrays are never modified.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric or complex input.
+    ValueError
+        Wrong dimensionality, empty input, mismatched shapes, negative or
+        non-finite ``ivar``, or non-finite flux where ``ivar > 0``.
+    """
+    X = _as_real_array(X, "X")
+    _check_2d(X, "X", "(n_spectra, n_pixels)")
+    if dtype is None:
+        dt = np.dtype(np.float32) if X.dtype == np.float32 else np.dtype(np.float64)
+    else:
+        dt = check_dtype(dtype)
+    if ivar is None:
+        ivar = np.ones(X.shape, dtype=dt)
+    else:
+        ivar = _as_real_array(ivar, "ivar")
+        if ivar.shape != X.shape:
+            raise ValueError(f"ivar must have the shape of X {X.shape}; got {ivar.shape}")
+        ivar = ivar.astype(dt, copy=False)
+        if not np.all(np.isfinite(ivar)):
+            raise ValueError("ivar contains NaN or inf; use ivar=0 for missing data")
+        if np.any(ivar < 0):
+            raise ValueError(
+                f"ivar must be >= 0 (inverse variance); found {int(np.sum(ivar < 0))} negative values"
+            )
+    X = X.astype(dt, copy=False)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        bad_weighted = bad & (ivar > 0)
+        if bad_weighted.any():
+            i, j = np.argwhere(bad_weighted)[0]
+            hint = " (pass ivar with 0 at missing pixels)" if ivar is not None else ""
+            raise ValueError(
+                f"X has {int(bad_weighted.sum())} NaN/inf values where ivar > 0, "
+                f"e.g. X[{i}, {j}]; NaN/inf flux is allowed only where ivar == 0{hint}"
+            )
+        X = np.where(bad, 0, X).astype(dt, copy=False)
+    return X, ivar
+
+
+def check_factor(a, name, *, nrows=None, ncols=None, dtype=np.float64, allow_negative=False):
+    """Validate a start or fixed factor (coefficients or templates).
+
+    ``nrows``/``ncols`` of ``None`` accept any size.  Returns a new float
+    array of ``dtype`` (always a copy, so solvers may own it).
+    """
+    arr = _as_real_array(a, name)
+    _check_2d(arr, name)
+    expected = (nrows if nrows is not None else arr.shape[0],
+                ncols if ncols is not None else arr.shape[1])
+    if arr.shape != expected:
+        raise ValueError(f"{name} must have shape {expected}; got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    if not allow_negative and np.any(arr < 0):
+        raise ValueError(f"{name} must be non-negative; found {int(np.sum(arr < 0))} negative values")
+    return np.array(arr, dtype=dtype, copy=True)
+
+
+def check_n_components(n_components, n_spectra, n_pixels) -> int:
+    """``1 <= n_components <= min(n_spectra, n_pixels)``."""
+    if isinstance(n_components, bool) or not isinstance(n_components, Integral):
+        raise TypeError(f"n_components must be an integer; got {n_components!r}")
+    limit = min(n_spectra, n_pixels)
+    if not 1 <= n_components <= limit:
+        raise ValueError(
+            f"n_components must be between 1 and min(n_spectra, n_pixels) = {limit}; got {n_components}"
+        )
+    return int(n_components)
+
+
+def warn_missing(ivar) -> tuple[np.ndarray, np.ndarray]:
+    """Warn (once per call) about spectra or pixels with zero total weight.
+
+    Returns boolean masks ``(empty_spectra, empty_pixels)``.
+    """
+    observed = ivar > 0
+    empty_spectra = ~np.any(observed, axis=1)
+    empty_pixels = ~np.any(observed, axis=0)
+    parts = []
+    if empty_spectra.any():
+        parts.append(f"{int(empty_spectra.sum())} spectra")
+    if empty_pixels.any():
+        parts.append(f"{int(empty_pixels.sum())} pixels")
+    if parts:
+        warnings.warn(
+            " and ".join(parts) + " have zero weight everywhere; their coefficients "
+            "(spectra) or template values (pixels) are unconstrained and set to 0",
+            MissingDataWarning,
+            stacklevel=3,
+        )
+    return empty_spectra, empty_pixels
+
+
+def check_scalar(value, name, *, low=None, high=None, integer=False, allow_none=False,
+                 closed="both"):
+    """Check a numeric parameter; error messages name it and the allowed range."""
+    if value is None and allow_none:
+        return value
+    kind = Integral if integer else Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a real number'}; got {value!r}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    lo_ok = low is None or (value >= low if closed in ("both", "left") else value > low)
+    hi_ok = high is None or (value <= high if closed in ("both", "right") else value < high)
+    if not (lo_ok and hi_ok):
+        lb = "[" if closed in ("both", "left") else "("
+        rb = "]" if closed in ("both", "right") else ")"
+        raise ValueError(
+            f"{name} must be in {lb}{low if low is not None else '-inf'}, "
+            f"{high if high is not None else 'inf'}{rb}; got {value!r}"
+        )
+    return value

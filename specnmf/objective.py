@@ -1,0 +1,144 @@
+r"""The objective: weighted chi^2 of a non-negative factorisation.
+
+Conventions used everywhere in specnmf
+--------------------------------------
+* ``X`` and ``ivar`` have shape ``(n_spectra, n_pixels)``: one spectrum per row.
+* ``coefficients`` (C) have shape ``(n_spectra, n_components)`` and
+  ``templates`` (T) have shape ``(n_components, n_pixels)``; the model is
+  ``coefficients @ templates``.
+* ``ivar`` is the inverse variance, ``ivar >= 0``; ``ivar == 0`` marks a
+  missing pixel.  Flux may be negative (noise); only C and T are >= 0.
+* Index letters: ``i`` spectrum, ``j`` pixel, ``k`` component.
+
+The objective minimised by every solver is
+
+.. math::
+
+    \chi^2(C, T) = \sum_{ij} \mathrm{ivar}_{ij}\,
+                   \bigl(X_{ij} - \textstyle\sum_k C_{ik} T_{kj}\bigr)^2
+    \quad\text{subject to}\quad C \ge 0,\; T \ge 0,
+
+plus, for regularised fits, the penalties of :mod:`specnmf.penalties`.
+
+Translating Green & Bailey (2024)
+---------------------------------
+The paper stores spectra as *columns*: its ``X`` is ``(d, n)`` = ``X.T`` here,
+its templates ``W`` (``d x q``) are ``templates.T`` and its coefficients ``H``
+(``q x n``) are ``coefficients.T``; its weights ``V`` are ``ivar.T``.  So the
+paper's eq. (18), the Nearly-NMF coefficient update, reads here
+
+    C <- C * [(ivar*X) T^T]^+ / ((ivar*(C T)) T^T + [(ivar*X) T^T]^-)
+
+and eq. (19), the template update,
+
+    T <- T * [C^T (ivar*X)]^+ / (C^T (ivar*(C T)) + [C^T (ivar*X)]^-)
+
+where ``[A]^+ = max(A, 0)`` and ``[A]^- = max(-A, 0)``.  Shift-NMF (eqs. 7-8)
+replaces ``X`` by ``X + y`` and ``C T`` by ``C T + y`` for a scalar shift y.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends import get_namespace
+
+__all__ = ["chi2", "chi2_per_spectrum", "reduced_chi2"]
+
+# Rows per block when summing residuals, so no full (n_spectra, n_pixels)
+# temporary is made for large inputs.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _rows_per_block(n_pixels: int) -> int:
+    return max(1, _BLOCK_ELEMENTS // max(1, n_pixels))
+
+
+def _chi2_rows(X, ivar, coefficients, templates, xp):
+    """Per-spectrum chi^2 of validated arrays (finite X, ivar >= 0).
+
+    Sums in float64 whatever the input precision.
+    """
+    n = X.shape[0]
+    step = _rows_per_block(X.shape[1])
+    out = []
+    for start in range(0, n, step):
+        sl = slice(start, min(n, start + step))
+        resid = X[sl, ...] - coefficients[sl, ...] @ templates
+        out.append(xp.sum(ivar[sl, ...] * resid * resid, axis=1, dtype=xp.float64))
+    if len(out) == 1:
+        return out[0]
+    return xp.concat(out)
+
+
+def _chi2(X, ivar, coefficients, templates, xp):
+    """Total chi^2 of validated arrays, as a Python float."""
+    return float(xp.sum(_chi2_rows(X, ivar, coefficients, templates, xp)))
+
+
+def _prepare(X, ivar, coefficients, templates):
+    """Light checks for the public functions, which accept raw user arrays."""
+    from ._validation import check_spectra, check_factor
+
+    X, ivar = check_spectra(X, ivar, dtype=None)
+    n, d = X.shape
+    if coefficients is None or templates is None:
+        raise ValueError("coefficients and templates are both required")
+    coefficients = check_factor(coefficients, "coefficients", ncols=None, nrows=n, dtype=X.dtype)
+    k = coefficients.shape[1]
+    templates = check_factor(templates, "templates", nrows=k, ncols=d, dtype=X.dtype,
+                             allow_negative=True)
+    return X, ivar, coefficients, templates
+
+
+def chi2(X, ivar, coefficients, templates):
+    r"""Weighted chi^2 of a factorisation: the one objective of specnmf.
+
+    .. math:: \chi^2 = \sum_{ij,\ \mathrm{ivar}_{ij}>0} \mathrm{ivar}_{ij}
+              (X_{ij} - [C T]_{ij})^2
+
+    Parameters
+    ----------
+    X : array-like of shape (n_spectra, n_pixels)
+        Flux; may be negative.  NaN/inf are allowed where ``ivar == 0``.
+    ivar : array-like of shape (n_spectra, n_pixels) or None
+        Inverse variance (0 = missing).  ``None`` means unit weights.
+    coefficients : array-like of shape (n_spectra, n_components)
+    templates : array-like of shape (n_components, n_pixels)
+
+    Returns
+    -------
+    float
+        The chi^2, accumulated in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from specnmf import chi2
+    >>> X = np.array([[1.0, -1.0], [2.0, 0.5]])
+    >>> ivar = np.array([[1.0, 4.0], [0.0, 1.0]])
+    >>> chi2(X, ivar, np.ones((2, 1)), np.zeros((1, 2)))
+    5.25
+    """
+    X, ivar, C, T = _prepare(X, ivar, coefficients, templates)
+    return _chi2(X, ivar, C, T, get_namespace(X))
+
+
+def chi2_per_spectrum(X, ivar, coefficients, templates):
+    """Chi^2 of each spectrum, of shape (n_spectra,); see :func:`chi2`."""
+    X, ivar, C, T = _prepare(X, ivar, coefficients, templates)
+    return np.asarray(_chi2_rows(X, ivar, C, T, get_namespace(X)))
+
+
+def reduced_chi2(X, ivar, coefficients, templates):
+    """Chi^2 divided by the degrees of freedom.
+
+    The degrees of freedom are the number of observed entries (``ivar > 0``)
+    minus the number of free parameters, ``n_components * (n_spectra +
+    n_pixels)``, floored at 1.
+    """
+    X, ivar, C, T = _prepare(X, ivar, coefficients, templates)
+    xp = get_namespace(X)
+    n_obs = int(xp.sum(ivar > 0))
+    dof = max(1, n_obs - C.shape[1] * (C.shape[0] + T.shape[1]))
+    return _chi2(X, ivar, C, T, xp) / dof
