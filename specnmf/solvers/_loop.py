@@ -132,7 +132,7 @@ def run(solver, blocks, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
         logger.warning("fit interrupted at iteration %d; returning the last complete iterate", it)
         # C and T are only rebound after a complete iteration, so they and the
         # history describe the same, last complete iterate
-    if not converged and not interrupted and tol > 0 and it >= max_iter:
+    if not converged and not interrupted and tol > 0 and 0 < max_iter <= it:
         warnings.warn(
             f"stopped at max_iter={max_iter} before the relative objective decrease "
             f"fell below tol={tol}; increase max_iter or tol",
