@@ -5,11 +5,30 @@ Nothing here downloads anything; bundled files live in ``datasets/data``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 
-__all__ = ["load_doublet", "data_path"]
+from ._ifu import Bunch, make_ifu_cube
+
+__all__ = [
+    "load_doublet",
+    "load_coelho",
+    "load_coelho_prototypes",
+    "make_ifu_cube",
+    "data_path",
+    "Bunch",
+    "StellarSpectra",
+    "COELHO_CLASSES",
+]
+
+try:
+    from ._simulate import make_doublet, make_quasars
+except ImportError:  # pragma: no cover - written in parallel; make unconditional once it exists
+    pass
+else:
+    __all__ += ["make_doublet", "make_quasars"]
 
 
 def data_path(name: str):
@@ -38,3 +57,142 @@ def load_doublet():
         ivar = np.load(f, allow_pickle=False)
     # published orientation is pixels x exposures
     return np.ascontiguousarray(X.T), np.ascontiguousarray(ivar.T)
+
+
+#: the spectral classes of the bundled Coelho (2014) subset, 20 spectra each
+COELHO_CLASSES = ("hot_star", "a_f_star", "solar_like", "cool_dwarf", "cool_giant")
+
+
+@dataclass(frozen=True)
+class StellarSpectra:
+    """Spectra of the bundled Coelho (2014) subset and their metadata.
+
+    Attributes
+    ----------
+    wavelength : ndarray of shape (n_pixels,)
+        Wavelength in Angstrom (log-spaced, 1300 to 100000).
+    flux : ndarray of shape (n_spectra, n_pixels)
+        Flux of each spectrum, scaled to a maximum of 1 (noiseless models).
+    type : ndarray of str, of shape (n_spectra,)
+        Class of each spectrum, one of :data:`COELHO_CLASSES`.
+    teff, logg, feh : ndarray of shape (n_spectra,)
+        Effective temperature (K), log surface gravity (cgs), [Fe/H].
+    id : ndarray of str, of shape (n_spectra,)
+        Identifier in the SpectralUnmix subset (``spec_001`` ...).
+    filename : ndarray of str, of shape (n_spectra,)
+        File name of the spectrum in the Coelho (2014) library.
+    """
+
+    wavelength: np.ndarray
+    flux: np.ndarray
+    type: np.ndarray
+    teff: np.ndarray
+    logg: np.ndarray
+    feh: np.ndarray
+    id: np.ndarray
+    filename: np.ndarray
+
+    def __len__(self):
+        return self.flux.shape[0]
+
+
+def _check_classes(classes):
+    if classes is None:
+        return COELHO_CLASSES
+    if isinstance(classes, str):
+        classes = (classes,)
+    try:
+        classes = tuple(classes)
+    except TypeError:
+        raise TypeError(f"classes must be None, a str or a sequence of str; got {classes!r}") from None
+    bad = [c for c in classes if not isinstance(c, str) or c not in COELHO_CLASSES]
+    if bad or not classes:
+        raise ValueError(f"classes must be a non-empty selection of {list(COELHO_CLASSES)}; "
+                         f"got {list(classes)!r}")
+    return classes
+
+
+def load_coelho(classes=None):
+    """Stellar spectra from the Coelho (2014) library, as bundled by SpectralUnmix.
+
+    100 theoretical stellar spectra (SEDs) on a common log-spaced grid of 2250
+    pixels from 1300 to 100000 Angstrom, 20 in each of five classes:
+    ``hot_star``, ``a_f_star``, ``solar_like``, ``cool_dwarf`` and
+    ``cool_giant``.  The SpectralUnmix stellar demonstration uses the 80
+    spectra of the first four classes (see :func:`specnmf.demos.stellar_demo`).
+    The spectra are noiseless; fit them with unit ``ivar``.
+
+    Parameters
+    ----------
+    classes : str, sequence of str or None, default=None
+        Classes to return (spectra keep the order of the file); ``None``
+        returns all 100 spectra.
+
+    Returns
+    -------
+    StellarSpectra
+        ``wavelength`` of shape (2250,), ``flux`` of shape (n_spectra, 2250)
+        and per-spectrum ``type``, ``teff``, ``logg``, ``feh``, ``id``,
+        ``filename``.
+
+    Notes
+    -----
+    The file is read with ``allow_pickle=False``: its string columns are
+    fixed-width unicode arrays, not Python objects.
+
+    References
+    ----------
+    P. R. T. Coelho, "A new library of theoretical stellar spectra with
+    scaled-solar and alpha-enhanced mixtures", MNRAS 440, 1027 (2014),
+    doi:10.1093/mnras/stu365.  The subset and its selection come from the
+    SpectralUnmix package (R. S. de Souza), MIT licence, see
+    ``datasets/data/LICENSE-SpectralUnmix.txt``.
+
+    Examples
+    --------
+    >>> from specnmf.datasets import load_coelho
+    >>> stars = load_coelho(["hot_star", "cool_dwarf"])
+    >>> stars.flux.shape, stars.wavelength.shape
+    ((40, 2250), (2250,))
+    """
+    classes = _check_classes(classes)
+    with data_path("coelho_stellar_subset.npz").open("rb") as f:
+        with np.load(f, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    keep = np.isin(arrays["type"], classes)
+    fields = {name: np.ascontiguousarray(arrays[name][keep])
+              for name in ("flux", "type", "teff", "logg", "feh", "id", "filename")}
+    return StellarSpectra(wavelength=arrays["wavelength"].copy(), **fields)
+
+
+def load_coelho_prototypes():
+    """The four single prototype spectra of the SpectralUnmix demonstration data.
+
+    One Coelho (2014) spectrum each of a cool giant, a solar-type dwarf, an A
+    star and a hot star, on the grid of :func:`load_coelho`.
+
+    Returns
+    -------
+    Bunch
+        ``wavelength`` of shape (2250,), ``flux`` of shape (4, 2250),
+        ``names`` (``cool_giant``, ``solar_dwarf``, ``a_star``, ``hot_star``),
+        and ``filename``, ``teff``, ``logg``, ``feh`` of shape (4,).
+    """
+    import csv
+
+    with data_path("coelho-demo-spectra.csv").open("r", encoding="ascii") as f:
+        header = f.readline().strip().split(",")
+        table = np.loadtxt(f, delimiter=",", ndmin=2)
+    names = header[1:]
+    with data_path("coelho-demo-metadata.csv").open("r", encoding="ascii") as f:
+        meta = {row["id"]: row for row in csv.DictReader(f)}
+    rows = [meta[name] for name in names]
+    return Bunch(
+        wavelength=table[:, 0].copy(),
+        flux=np.ascontiguousarray(table[:, 1:].T),
+        names=tuple(names),
+        filename=np.array([r["file"] for r in rows]),
+        teff=np.array([float(r["teff"]) for r in rows]),
+        logg=np.array([float(r["logg"]) for r in rows]),
+        feh=np.array([float(r["feh"]) for r in rows]),
+    )
