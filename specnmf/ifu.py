@@ -1,0 +1,528 @@
+r"""Integral-field (IFU) cubes as matrices of spectra, and back.
+
+An IFU cube holds one spectrum per spaxel.  specnmf keeps cubes in memory as
+``(ny, nx, n_wave)`` arrays (wavelength last); FITS files store them as
+``(n_wave, ny, nx)`` (NAXIS1 = x, NAXIS2 = y, NAXIS3 = wavelength), and every
+function that takes a cube accepts that order through ``wave_axis=0``.
+
+The matrix of spectra has one row per spaxel, in C order:
+row ``i = y * nx + x``, which is also the neighbour convention of the
+``Spatial`` penalty.  So, with ``spatial_shape = (ny, nx)``,
+
+* ``X, ivar, spatial_shape = cube_to_matrix(cube, ivar, mask)`` gives the
+  ``(n_spaxels, n_wave)`` inputs of :class:`specnmf.SpectralNMF`;
+* ``coefficient_maps(model.coefficients_, spatial_shape)`` gives the
+  ``(ny, nx, n_components)`` maps of the components;
+* ``reconstruct_cube(coefficients, templates, spatial_shape, component=k)``
+  gives the model cube, or the part of it due to component ``k``.
+
+FITS metadata are carried through: the celestial part of the input cube's
+WCS describes the coefficient maps (:func:`write_maps`), and its spectral
+part describes the templates (:func:`spectral_header`).  Reading and writing
+FITS needs astropy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+
+logger = logging.getLogger("specnmf")
+
+__all__ = [
+    "cube_to_matrix",
+    "matrix_to_cube",
+    "coefficient_maps",
+    "reconstruct_cube",
+    "fit_cube",
+    "IFUCube",
+    "read_cube",
+    "write_cube",
+    "write_maps",
+    "read_maps",
+    "celestial_header",
+    "spectral_header",
+    "wavelength_from_header",
+]
+
+
+# -- validation --------------------------------------------------------------
+def _wave_axis(wave_axis):
+    if isinstance(wave_axis, bool) or not isinstance(wave_axis, Integral) \
+            or wave_axis not in (0, 2, -1, -3):
+        raise ValueError(f"wave_axis must be -1 (cube of shape (ny, nx, n_wave)) or 0 "
+                         f"(FITS order (n_wave, ny, nx)); got {wave_axis!r}")
+    return -1 if wave_axis in (2, -1) else 0
+
+
+def _numeric(a, name):
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a numeric array; could not convert it: {exc}") from exc
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    return arr
+
+
+def _float_dtype(arr):
+    return np.float32 if arr.dtype == np.float32 else np.float64
+
+
+def _as_wave_last(arr, wave_axis):
+    return arr if wave_axis == -1 else np.moveaxis(arr, 0, -1)
+
+
+def _spatial_shape(spatial_shape):
+    try:
+        shape = tuple(spatial_shape)
+    except TypeError:
+        shape = ()
+    if len(shape) != 2 or not all(isinstance(s, Integral) and not isinstance(s, bool)
+                                   and s >= 1 for s in shape):
+        raise ValueError(f"spatial_shape must be a pair of positive ints (ny, nx); "
+                         f"got {spatial_shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
+def _rows_matrix(M, name, spatial_shape, allow_1d=False):
+    ny, nx = _spatial_shape(spatial_shape)
+    M = _numeric(M, name)
+    if M.ndim == 1 and allow_1d:
+        M = M[:, None]
+    if M.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with one row per spaxel; got shape {M.shape}")
+    if M.shape[0] != ny * nx:
+        raise ValueError(f"{name} has {M.shape[0]} rows but spatial_shape={(ny, nx)} "
+                         f"has {ny * nx} spaxels")
+    return M, (ny, nx)
+
+
+# -- cube <-> matrix ---------------------------------------------------------
+def cube_to_matrix(cube, ivar=None, mask=None, *, wave_axis=-1):
+    """Reshape a cube (and its weights) into a matrix of spectra, one per spaxel.
+
+    Parameters
+    ----------
+    cube : array-like of shape (ny, nx, n_wave), or (n_wave, ny, nx) with ``wave_axis=0``
+        Flux; may be negative.  Non-finite flux (NaN, inf) marks a missing
+        pixel: its ``ivar`` becomes 0 and its flux 0.
+    ivar : array-like of the shape of ``cube``, optional
+        Inverse variance, finite and >= 0 (0 = missing).  ``None``: unit weights.
+    mask : array-like of the shape of ``cube``, optional
+        Non-zero marks a bad pixel; it gets ``ivar = 0`` whatever ``ivar`` says
+        (the mask wins), its flux is kept.
+    wave_axis : {-1, 0}, default=-1
+        Axis of ``cube`` (and ``ivar``, ``mask``) along wavelength: -1 for
+        (ny, nx, n_wave), 0 for the FITS order (n_wave, ny, nx).
+
+    Returns
+    -------
+    X : ndarray of shape (ny * nx, n_wave)
+        Flux, row ``y * nx + x`` for spaxel (y, x).  float32 input stays
+        float32, anything else becomes float64.  A new array.
+    ivar : ndarray of shape (ny * nx, n_wave)
+        Inverse variance of the same dtype, 0 where missing or masked.
+    spatial_shape : tuple of int
+        ``(ny, nx)``, for :func:`matrix_to_cube`, :func:`coefficient_maps` and
+        ``SpectralNMF.fit(..., spatial_shape=)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cube = np.arange(24.0).reshape(2, 3, 4)
+    >>> X, ivar, shape = cube_to_matrix(cube)
+    >>> X.shape, shape
+    ((6, 4), (2, 3))
+    >>> bool(np.all(X[1 * 3 + 2] == cube[1, 2]))
+    True
+    """
+    axis = _wave_axis(wave_axis)
+    cube = _numeric(cube, "cube")
+    if cube.ndim != 3:
+        raise ValueError(f"cube must be 3-D, (ny, nx, n_wave) or with wave_axis=0 "
+                         f"(n_wave, ny, nx); got a {cube.ndim}-D array of shape {cube.shape}")
+    if cube.size == 0:
+        raise ValueError(f"cube is empty (shape {cube.shape})")
+    dt = _float_dtype(cube)
+    flux = _as_wave_last(cube, axis).astype(dt, copy=True)
+    ny, nx, n_wave = flux.shape
+
+    if ivar is None:
+        w = np.ones(flux.shape, dtype=dt)
+    else:
+        ivar = _numeric(ivar, "ivar")
+        if ivar.shape != cube.shape:
+            raise ValueError(f"ivar must have the shape of cube, {cube.shape}; got {ivar.shape}")
+        w = _as_wave_last(ivar, axis).astype(dt, copy=True)
+        if not np.all(np.isfinite(w)):
+            raise ValueError("ivar must be finite; mark missing pixels with ivar = 0 or mask")
+        if np.any(w < 0):
+            raise ValueError(f"ivar must be >= 0; got a minimum of {float(w.min())!r}")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != cube.shape:
+            raise ValueError(f"mask must have the shape of cube, {cube.shape}; got {mask.shape}")
+        if mask.dtype.kind not in "biuf":
+            raise TypeError(f"mask must be a boolean or integer array; got dtype {mask.dtype}")
+        w[_as_wave_last(mask, axis) != 0] = 0
+
+    bad = ~np.isfinite(flux)
+    if np.any(bad):
+        logger.debug("cube_to_matrix: %d non-finite flux pixels given ivar = 0", int(bad.sum()))
+        w[bad] = 0
+        flux[bad] = 0
+    return flux.reshape(ny * nx, n_wave), w.reshape(ny * nx, n_wave), (ny, nx)
+
+
+def matrix_to_cube(M, spatial_shape, *, wave_axis=-1):
+    """Reshape a matrix with one row per spaxel back into a cube.
+
+    Parameters
+    ----------
+    M : array-like of shape (ny * nx, n)
+        Row ``y * nx + x`` belongs to spaxel (y, x), as made by :func:`cube_to_matrix`.
+    spatial_shape : (int, int)
+        ``(ny, nx)``.
+    wave_axis : {-1, 0}, default=-1
+        -1 returns (ny, nx, n); 0 returns the FITS order (n, ny, nx).
+
+    Returns
+    -------
+    ndarray of shape (ny, nx, n) or (n, ny, nx)
+        A new array.
+    """
+    axis = _wave_axis(wave_axis)
+    M, (ny, nx) = _rows_matrix(M, "M", spatial_shape)
+    cube = np.array(M).reshape(ny, nx, M.shape[1])
+    return cube if axis == -1 else np.ascontiguousarray(np.moveaxis(cube, -1, 0))
+
+
+def _coefficients_of(coefficients):
+    # a fitted model is accepted wherever its coefficients are
+    return getattr(coefficients, "coefficients_", coefficients)
+
+
+def coefficient_maps(coefficients, spatial_shape):
+    """Maps of the components' coefficients over the field.
+
+    Parameters
+    ----------
+    coefficients : array-like of shape (ny * nx, n_components), or a fitted model
+        Coefficients (``model.coefficients_``), one row per spaxel.
+    spatial_shape : (int, int)
+        ``(ny, nx)``.
+
+    Returns
+    -------
+    ndarray of shape (ny, nx, n_components)
+        ``maps[y, x, k]`` is the coefficient of component ``k`` at spaxel (y, x).
+    """
+    C, (ny, nx) = _rows_matrix(_coefficients_of(coefficients), "coefficients", spatial_shape)
+    return np.array(C).reshape(ny, nx, C.shape[1])
+
+
+def reconstruct_cube(coefficients, templates, spatial_shape, component=None, *, wave_axis=-1):
+    """The model cube, or the contribution of one component to it.
+
+    Parameters
+    ----------
+    coefficients : array-like of shape (ny * nx, n_components), or a fitted model
+    templates : array-like of shape (n_components, n_wave)
+    spatial_shape : (int, int)
+        ``(ny, nx)``.
+    component : int or None, default=None
+        ``None``: the full model ``coefficients @ templates``.  An int ``k``:
+        the part due to component ``k`` alone,
+        ``coefficients[:, k:k+1] @ templates[k:k+1]``; the contributions of
+        all components sum to the full model.
+    wave_axis : {-1, 0}, default=-1
+        -1 returns (ny, nx, n_wave); 0 returns the FITS order (n_wave, ny, nx).
+
+    Returns
+    -------
+    ndarray of shape (ny, nx, n_wave) or (n_wave, ny, nx)
+    """
+    C, shape = _rows_matrix(_coefficients_of(coefficients), "coefficients", spatial_shape)
+    T = _numeric(templates, "templates")
+    if T.ndim != 2 or T.shape[0] != C.shape[1]:
+        raise ValueError(f"templates must have shape (n_components={C.shape[1]}, n_wave); "
+                         f"got {T.shape}")
+    if component is not None:
+        k = C.shape[1]
+        if isinstance(component, bool) or not isinstance(component, Integral) \
+                or not -k <= component < k:
+            raise ValueError(f"component must be None or an int in [0, {k}); got {component!r}")
+        C = C[:, [component]]
+        T = T[[component]]
+    return matrix_to_cube(C @ T, shape, wave_axis=wave_axis)
+
+
+def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1):
+    """Fit an estimator to the spectra of a cube.
+
+    Reshapes with :func:`cube_to_matrix` and calls
+    ``model.fit(X, ivar, spatial_shape=(ny, nx), wavelength=wavelength)``, so
+    a ``Spatial`` penalty (``SpectralNMF(spatial=...)``) knows which spaxels
+    are neighbours.
+
+    Parameters
+    ----------
+    model : SpectralNMF
+        The (unfitted) estimator; fitted in place.
+    cube, ivar, mask, wave_axis
+        As in :func:`cube_to_matrix`.
+    wavelength : array-like of shape (n_wave,), optional
+        Stored on the model as ``wavelength_``.
+
+    Returns
+    -------
+    model
+        The fitted model; ``coefficient_maps(model, spatial_shape)`` gives its maps.
+    """
+    if not hasattr(model, "fit"):
+        raise TypeError(f"model must be an estimator with a fit method; got {type(model).__name__}")
+    X, w, shape = cube_to_matrix(cube, ivar, mask, wave_axis=wave_axis)
+    if wavelength is not None:
+        wavelength = _numeric(wavelength, "wavelength")
+        if wavelength.shape != (X.shape[1],):
+            raise ValueError(f"wavelength must have shape ({X.shape[1]},), one value per "
+                             f"wavelength pixel of cube; got {wavelength.shape}")
+    return model.fit(X, w, spatial_shape=shape, wavelength=wavelength)
+
+
+# -- FITS --------------------------------------------------------------------
+@dataclass
+class IFUCube:
+    """A cube read by :func:`read_cube`.
+
+    Attributes
+    ----------
+    cube : ndarray of shape (ny, nx, n_wave)
+        Flux (wavelength last, whatever the file's order).
+    ivar : ndarray of shape (ny, nx, n_wave) or None
+        From an ``IVAR`` extension, if the file has one.
+    mask : ndarray of shape (ny, nx, n_wave) or None
+        From a ``MASK`` extension, if the file has one (non-zero = bad).
+    header : astropy.io.fits.Header
+        Header of the flux HDU (with its WCS).
+    wavelength : ndarray of shape (n_wave,) or None
+        Wavelength in Angstrom from the spectral WCS, if the header has one.
+    """
+
+    cube: np.ndarray
+    ivar: np.ndarray | None
+    mask: np.ndarray | None
+    header: object
+    wavelength: np.ndarray | None
+
+
+def _fits():
+    try:
+        from astropy.io import fits
+    except ImportError as exc:  # pragma: no cover - astropy is in the test extras
+        raise ImportError("reading and writing FITS cubes needs astropy "
+                          "(pip install 'specnmf[fits]')") from exc
+    return fits
+
+
+def _wcs(header):
+    from astropy.wcs import WCS
+
+    return WCS(header)
+
+
+def celestial_header(header):
+    """FITS header holding only the celestial (spatial) WCS of ``header``.
+
+    Use it for anything on the spaxel grid, such as coefficient maps.  Empty
+    if ``header`` has no celestial axes.
+    """
+    w = _wcs(header)
+    return w.celestial.to_header() if w.has_celestial else _fits().Header()
+
+
+def spectral_header(header):
+    """FITS header holding only the spectral WCS of ``header`` (as axis 1).
+
+    Use it for anything on the wavelength grid, such as the templates
+    (``specnmf.io`` writes it with a saved model).  Empty if ``header`` has no
+    spectral axis.
+    """
+    w = _wcs(header)
+    return w.spectral.to_header() if w.has_spectral else _fits().Header()
+
+
+def wavelength_from_header(header, n_wave, unit="Angstrom"):
+    """Wavelengths of the ``n_wave`` spectral pixels described by ``header``.
+
+    Returns an ndarray of shape (n_wave,) in ``unit``, or ``None`` if the
+    header has no spectral WCS.
+    """
+    import astropy.units as u
+
+    w = _wcs(header)
+    if not w.has_spectral:
+        return None
+    spec = w.spectral
+    values = np.asarray(spec.pixel_to_world_values(np.arange(n_wave)), dtype=np.float64)
+    # wcslib normalises spectral axes to SI units
+    return (values * u.Unit(spec.world_axis_units[0])).to_value(u.Unit(unit), u.spectral())
+
+
+def _hdu_names(hdul):
+    return {h.name.upper(): h for h in hdul}
+
+
+def read_cube(path, *, hdu=None):
+    """Read an IFU cube from a FITS file.
+
+    The flux is the first HDU with 3-D data (or ``hdu``, a name or index);
+    ``IVAR`` and ``MASK`` extensions, when present, are read too.  The file's
+    (n_wave, ny, nx) order is turned into (ny, nx, n_wave).
+
+    Parameters
+    ----------
+    path : str or path-like
+    hdu : int, str or None, default=None
+
+    Returns
+    -------
+    IFUCube
+    """
+    fits = _fits()
+    with fits.open(path, memmap=False) as hdul:
+        if hdu is None:
+            flux_hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 3), None)
+            if flux_hdu is None:
+                raise ValueError(f"no 3-D image HDU in {path!s}")
+        else:
+            flux_hdu = hdul[hdu]
+            if flux_hdu.data is None or flux_hdu.data.ndim != 3:
+                raise ValueError(f"HDU {hdu!r} of {path!s} is not a 3-D image")
+        header = flux_hdu.header.copy()
+        cube = np.moveaxis(np.asarray(flux_hdu.data), 0, -1).copy()
+        named = _hdu_names(hdul)
+        extra = {}
+        for name in ("IVAR", "MASK"):
+            h = named.get(name)
+            if h is not None and h is not flux_hdu and h.data is not None:
+                if h.data.shape != flux_hdu.data.shape:
+                    raise ValueError(f"{name} extension has shape {h.data.shape} but the flux "
+                                     f"has {flux_hdu.data.shape}")
+                extra[name] = np.moveaxis(np.asarray(h.data), 0, -1).copy()
+    wavelength = wavelength_from_header(header, cube.shape[-1])
+    return IFUCube(cube=cube, ivar=extra.get("IVAR"), mask=extra.get("MASK"), header=header,
+                   wavelength=wavelength)
+
+
+def _image_header(header):
+    # only WCS and descriptive cards are carried; structural ones come from the data
+    fits = _fits()
+    out = fits.Header()
+    if header is None:
+        return out
+    structural = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT",
+                  "BZERO", "BSCALE", "EXTNAME", "CHECKSUM", "DATASUM"}
+    for card in header.cards:
+        key = card.keyword
+        if key in structural or key.startswith("NAXIS") or key == "":
+            continue
+        out.append(card)
+    return out
+
+
+def write_cube(path, cube, header=None, *, ivar=None, mask=None, overwrite=False):
+    """Write a cube to FITS in the standard (n_wave, ny, nx) order.
+
+    Parameters
+    ----------
+    path : str or path-like
+    cube : array-like of shape (ny, nx, n_wave)
+        Flux (primary HDU).
+    header : astropy.io.fits.Header, optional
+        Header of the flux, e.g. the WCS of the cube read with :func:`read_cube`
+        (axes 1, 2 spatial x, y; axis 3 wavelength).
+    ivar, mask : array-like of shape (ny, nx, n_wave), optional
+        Written as ``IVAR`` and ``MASK`` image extensions.
+    overwrite : bool, default=False
+    """
+    fits = _fits()
+    cube = _numeric(cube, "cube")
+    if cube.ndim != 3:
+        raise ValueError(f"cube must be 3-D (ny, nx, n_wave); got shape {cube.shape}")
+    hdus = [fits.PrimaryHDU(np.ascontiguousarray(np.moveaxis(cube, -1, 0)),
+                            header=_image_header(header))]
+    for name, arr in (("IVAR", ivar), ("MASK", mask)):
+        if arr is None:
+            continue
+        arr = np.asarray(arr)
+        if arr.shape != cube.shape:
+            raise ValueError(f"{name.lower()} must have the shape of cube, {cube.shape}; "
+                             f"got {arr.shape}")
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        hdus.append(fits.ImageHDU(np.ascontiguousarray(np.moveaxis(arr, -1, 0)), name=name))
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+
+
+def write_maps(path, maps, header=None, *, names=None, overwrite=False):
+    """Write coefficient maps to FITS with the celestial WCS of the cube.
+
+    The maps are stored as one image of shape (n_components, ny, nx): axes 1
+    and 2 carry the celestial WCS of ``header`` (the input cube's), axis 3 is
+    the component index (``CTYPE3 = 'COMPONENT'``, 0-based).
+
+    Parameters
+    ----------
+    path : str or path-like
+    maps : array-like of shape (ny, nx, n_components)
+        From :func:`coefficient_maps`.
+    header : astropy.io.fits.Header, optional
+        Header of the cube the maps come from; only its celestial WCS is kept.
+    names : sequence of str, optional
+        Component names, stored as ``COMPk`` cards.
+    overwrite : bool, default=False
+    """
+    fits = _fits()
+    maps = _numeric(maps, "maps")
+    if maps.ndim != 3:
+        raise ValueError(f"maps must be 3-D (ny, nx, n_components); got shape {maps.shape}")
+    k = maps.shape[-1]
+    out = celestial_header(header) if header is not None else fits.Header()
+    if len(out):
+        # a 2-D celestial WCS on a 3-D image: the extra axis is the component index
+        out["WCSAXES"] = 3
+        out["CTYPE3"] = "COMPONENT"
+        out["CRPIX3"] = 1.0
+        out["CRVAL3"] = 0.0
+        out["CDELT3"] = 1.0
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) != k:
+            raise ValueError(f"names must have one entry per component ({k}); got {len(names)}")
+        for i, name in enumerate(names):
+            out[f"COMP{i}"] = name
+    hdu = fits.PrimaryHDU(np.ascontiguousarray(np.moveaxis(maps, -1, 0)), header=out)
+    hdu.writeto(path, overwrite=overwrite)
+
+
+def read_maps(path):
+    """Read maps written by :func:`write_maps`.
+
+    Returns
+    -------
+    maps : ndarray of shape (ny, nx, n_components)
+    header : astropy.io.fits.Header
+        With the celestial WCS (``astropy.wcs.WCS(header).celestial``).
+    """
+    fits = _fits()
+    with fits.open(path, memmap=False) as hdul:
+        data = np.asarray(hdul[0].data)
+        header = hdul[0].header.copy()
+    if data.ndim != 3:
+        raise ValueError(f"{path!s} does not hold a 3-D stack of maps (shape {data.shape})")
+    return np.moveaxis(data, 0, -1).copy(), header
