@@ -1,0 +1,785 @@
+"""The ``specnmf`` command: fit, apply, inspect and plot models from the shell.
+
+Every subcommand is a thin layer over :class:`specnmf.SpectralNMF`,
+:mod:`specnmf.io` and :mod:`specnmf.selection`.  Diagnostics go to stderr
+through the ``"specnmf"`` logger (``--quiet``/``--verbose`` set its level);
+only a command's result (a summary, a table) goes to stdout.  Bad input gives
+one line ``specnmf: error: ...`` on stderr and exit status 2; a failure while
+running gives exit status 1; never a traceback (``--verbose`` logs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import logging
+import math
+import os
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+
+logger = logging.getLogger("specnmf")
+
+__all__ = ["main", "build_parser"]
+
+#: ``--option`` -> SpectralNMF parameter, type and help; only those the
+#: installed estimator accepts are passed (see :func:`_estimator_params`)
+_FIT_OPTIONS = [
+    (("-k", "--n-components"), "n_components", int, "number of templates"),
+    (("--solver",), "solver", str, "solver: nearly, shift, clip, anls, apg (default: nearly)"),
+    (("--max-iter",), "max_iter", int, "maximum number of iterations (default: 1000)"),
+    (("--tol",), "tol", float, "stop when the relative objective decrease is below TOL "
+                               "(default: 1e-6; 0 runs max-iter iterations)"),
+    (("--init",), "init", str, "start: random, nndsvd, nndsvda (default: random)"),
+    (("--smoothness",), "smoothness", float, "strength of the template smoothness penalty"),
+    (("--sparsity",), "sparsity", float, "strength of the coefficient sparsity penalty"),
+    (("--dtype",), "dtype", str, "working precision: float64 or float32"),
+    (("--block-size",), "block_size", int, "spectra per block for streamed fits"),
+    (("--random-state",), "random_state", int, "seed of the random start"),
+    (("--n-init",), "n_init", int, "number of starts; the best fit is kept"),
+    (("--patience",), "patience", int, "iterations below tol before stopping"),
+    (("--shift",), "shift", float, "solver=shift only: the scalar shift y"),
+]
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line, without usage or SystemExit."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# logging, warnings, progress
+# ---------------------------------------------------------------------------
+class _StderrHandler(logging.Handler):
+    """Writes ``specnmf: message`` to the *current* ``sys.stderr``."""
+
+    def emit(self, record):
+        try:
+            prefix = "specnmf: warning: " if record.levelno >= logging.WARNING else "specnmf: "
+            bar = _ProgressBar.active
+            if bar is not None:
+                bar.clear()
+            sys.stderr.write(prefix + record.getMessage() + "\n")
+            if record.exc_info and logger.isEnabledFor(logging.DEBUG):
+                import traceback
+
+                sys.stderr.write("".join(traceback.format_exception(*record.exc_info)))
+            sys.stderr.flush()
+        except Exception:  # pragma: no cover - never let logging kill the command
+            self.handleError(record)
+
+
+class _ProgressBar:
+    """One-line progress (iteration, chi^2, ETA) redrawn in place on a stream.
+
+    Fed either by the estimator's ``callback`` hook or, if it has none, by the
+    progress records the fit logs on the ``"specnmf"`` logger when verbose.
+    """
+
+    active = None
+
+    def __init__(self, total, stream, width=24):
+        self.total = max(int(total), 1)
+        self.stream = stream
+        self.width = width
+        self.start = time.monotonic()
+        self.last_draw = 0.0
+        self.shown = False
+
+    def update(self, iteration, chi2=None, force=False):
+        now = time.monotonic()
+        if not force and now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        frac = min(iteration / self.total, 1.0)
+        filled = int(round(frac * self.width))
+        elapsed = now - self.start
+        eta = elapsed / iteration * (self.total - iteration) if iteration > 0 else float("nan")
+        chi = f"  chi2 {chi2:.6g}" if chi2 is not None else ""
+        eta_s = "?" if not math.isfinite(eta) else _seconds(eta)
+        line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
+                f"iter {iteration}/{self.total}{chi}  ETA <= {eta_s}")
+        self.stream.write(line + "\x1b[K")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self):
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+    def close(self):
+        self.clear()
+        if _ProgressBar.active is self:
+            _ProgressBar.active = None
+
+
+def _seconds(s):
+    s = int(round(s))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class _ProgressLogHandler(logging.Handler):
+    """Drives a progress bar from the fit loop's "iteration %d: ..." records."""
+
+    def __init__(self, bar):
+        super().__init__(level=logging.INFO)
+        self.bar = bar
+
+    def emit(self, record):
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg.startswith("iteration") and record.args and isinstance(record.args, tuple):
+            args = record.args
+            chi = args[2] if len(args) > 2 else (args[1] if len(args) > 1 else None)
+            try:
+                self.bar.update(int(args[0]), float(chi) if chi is not None else None)
+            except (TypeError, ValueError):
+                pass
+
+
+class _ProgressFilter(logging.Filter):
+    """Hides the per-iteration records from the stderr handler while a bar shows them."""
+
+    def filter(self, record):
+        msg = record.msg if isinstance(record.msg, str) else ""
+        return not (_ProgressBar.active is not None and msg.startswith("iteration"))
+
+
+@contextlib.contextmanager
+def _logging_setup(level):
+    handler = _StderrHandler(level=level)
+    handler.addFilter(_ProgressFilter())
+    old = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logging.INFO))
+    # the command's handler prints once; no second copy through the root logger
+    logger.propagate = False
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        # a warning is one log line, not a source excerpt; the filters are untouched
+        logger.warning("%s", message)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = showwarning
+            yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+def _estimator_class():
+    from .estimator import SpectralNMF
+
+    return SpectralNMF
+
+
+def _accepted_params():
+    return set(_estimator_class()(1).get_params())
+
+
+def _estimator_params(args, *, exclude=()):
+    """The fit options given on the command line, checked against the estimator."""
+    accepted = _accepted_params()
+    params = {}
+    for flags, name, _, _ in _FIT_OPTIONS:
+        if name in exclude:
+            continue
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name not in accepted:
+            raise UsageError(f"{flags[-1]} is not supported by this version of SpectralNMF")
+        params[name] = value
+    return params
+
+
+def _check_output(path, overwrite):
+    if os.path.exists(path) and not overwrite:
+        raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot write {path}: directory {parent} does not exist")
+
+
+def _read(path, hdu=None):
+    from .io import read_spectra
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    spectra = read_spectra(path, hdu=hdu)
+    logger.info("read %d spectra x %d pixels from %s", *spectra.shape, path)
+    return spectra
+
+
+def _load(path):
+    from .io import load_model
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    return load_model(path)
+
+
+def _verbose_for_progress(args):
+    """Whether to draw a progress bar: stderr is a terminal and not --quiet."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _fit(model, X, ivar, *, wavelength=None, progress=False):
+    """``model.fit`` with the hooks the installed estimator offers."""
+    fit_params = inspect.signature(model.fit).parameters
+    kwargs = {}
+    if wavelength is not None and "wavelength" in fit_params:
+        kwargs["wavelength"] = wavelength
+    bar = None
+    log_handler = None
+    if progress:
+        bar = _ProgressBar(getattr(model, "max_iter", 1000), sys.stderr)
+        _ProgressBar.active = bar
+
+        def callback(iteration, C, T, terms):
+            bar.update(iteration, terms.get("chi2") if isinstance(terms, dict) else None)
+
+        if "callback" in fit_params:
+            kwargs["callback"] = callback
+        elif "callback" in model.get_params():
+            model.set_params(callback=callback)
+        else:
+            # no hook: the loop logs progress every 10 iterations when verbose
+            model.set_params(verbose=True)
+            log_handler = _ProgressLogHandler(bar)
+            logger.addHandler(log_handler)
+    try:
+        model.fit(X, ivar, **kwargs)
+    finally:
+        if log_handler is not None:
+            logger.removeHandler(log_handler)
+        if bar is not None:
+            bar.close()
+        if progress and "callback" in model.get_params():
+            model.set_params(callback=None)
+    if wavelength is not None and getattr(model, "wavelength_", None) is None:
+        model.wavelength_ = np.asarray(wavelength)
+    return model
+
+
+def _save(model, path, overwrite):
+    from .io import save_model
+
+    save = getattr(model, "save", None)
+    if callable(save):
+        save(path, overwrite=overwrite)
+    else:
+        save_model(model, path, overwrite=overwrite)
+    logger.debug("wrote %s", path)
+
+
+def _fit_summary(model, X, ivar):
+    from .objective import reduced_chi2
+
+    chi = np.asarray(model.chi2_)
+    lines = [
+        f"templates:        {model.templates_.shape[0]} x {model.templates_.shape[1]} pixels",
+        f"iterations:       {model.n_iter_} ({'converged' if model.converged_ else 'not converged'})",
+        f"chi2 start / end: {chi[0]:.6g} / {chi[-1]:.6g}",
+    ]
+    if hasattr(model, "coefficients_"):
+        lines.append(f"reduced chi2:     {reduced_chi2(X, ivar, model.coefficients_, model.templates_):.4f}")
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# subcommands
+# ---------------------------------------------------------------------------
+def cmd_fit(args):
+    _check_output(args.output, args.overwrite)
+    spectra = _read(args.input, args.hdu)
+    params = _estimator_params(args)
+    if args.verbose and "verbose" in _accepted_params():
+        params["verbose"] = True
+    model = _estimator_class()(**params)
+    logger.info("fitting %s", model)
+    t0 = time.perf_counter()
+    _fit(model, spectra.flux, spectra.ivar, wavelength=spectra.wavelength,
+         progress=_verbose_for_progress(args))
+    elapsed = time.perf_counter() - t0
+    if spectra.meta:
+        model.meta_ = dict(spectra.meta)
+    _save(model, args.output, args.overwrite)
+    print(f"input:            {args.input} ({spectra.shape[0]} spectra x {spectra.shape[1]} pixels)")
+    print(f"model:            {model}")
+    for line in _fit_summary(model, spectra.flux, spectra.ivar):
+        print(line)
+    print(f"time:             {elapsed:.2f} s")
+    print(f"wrote:            {args.output}")
+    return 0
+
+
+def _write_coefficients(path, coefficients, sigma, chi2, overwrite):
+    lower = path.lower()
+    arrays = {"coefficients": coefficients, "chi2": chi2}
+    if sigma is not None:
+        arrays["sigma"] = sigma
+    if lower.endswith((".fits", ".fit", ".fts", ".fits.gz")):
+        from .io import _require_fits
+
+        fits = _require_fits()
+        hdus = [fits.PrimaryHDU()]
+        for name, arr in arrays.items():
+            hdus.append(fits.ImageHDU(np.asarray(arr), name=name.upper()))
+        fits.HDUList(hdus).writeto(path, overwrite=overwrite)
+    elif lower.endswith(".npz"):
+        np.savez(path, **arrays)
+    elif lower.endswith(".npy"):
+        np.save(path, coefficients, allow_pickle=False)
+    elif lower.endswith((".csv", ".txt")):
+        k = coefficients.shape[1]
+        cols = [coefficients]
+        names = [f"c{j}" for j in range(k)]
+        if sigma is not None:
+            cols.append(sigma)
+            names += [f"sigma_c{j}" for j in range(k)]
+        cols.append(np.asarray(chi2)[:, None])
+        names.append("chi2")
+        np.savetxt(path, np.hstack(cols), delimiter=",", header=",".join(names), comments="")
+    else:
+        raise UsageError(f"{path}: unknown output type; use .fits, .npz, .npy or .csv")
+
+
+def cmd_transform(args):
+    from .objective import chi2_per_spectrum
+
+    _check_output(args.output, args.overwrite)
+    model = _load(args.model)
+    spectra = _read(args.input, args.hdu)
+    sigma = None
+    if args.uncertainty:
+        if "return_uncertainty" not in inspect.signature(model.transform).parameters:
+            raise UsageError("--uncertainty needs a SpectralNMF.transform with "
+                             "return_uncertainty (not in this version)")
+        coefficients, sigma = model.transform(spectra.flux, spectra.ivar, return_uncertainty=True)
+    else:
+        coefficients = model.transform(spectra.flux, spectra.ivar)
+    coefficients = np.asarray(coefficients)
+    chi = chi2_per_spectrum(spectra.flux, spectra.ivar, coefficients, model.templates_)
+    _write_coefficients(args.output, coefficients, None if sigma is None else np.asarray(sigma),
+                        chi, args.overwrite)
+    logger.debug("wrote %s", args.output)
+    print(f"coefficients:     {coefficients.shape[0]} spectra x {coefficients.shape[1]} templates"
+          f"{' (with sigma)' if sigma is not None else ''}")
+    print(f"chi2 total:       {float(np.sum(chi)):.6g}")
+    print(f"wrote:            {args.output}")
+    return 0
+
+
+def _plot_templates_figure(model, wavelength=None):
+    """Templates figure from :mod:`specnmf.plotting`, or a plain one if that is absent."""
+    try:
+        from .plotting import plot_templates
+    except ImportError:
+        plot_templates = None
+    if plot_templates is not None:
+        out = plot_templates(model, wavelength=wavelength)
+        return getattr(out, "figure", out)
+    from matplotlib.figure import Figure
+
+    T = np.asarray(model.templates_)
+    x = wavelength if wavelength is not None else getattr(model, "wavelength_", None)
+    x = np.arange(T.shape[1]) if x is None else np.asarray(x)
+    fig = Figure(figsize=(8, 1.2 + 1.0 * T.shape[0]), layout="constrained")
+    ax = fig.add_subplot()
+    for k, t in enumerate(T):
+        ax.plot(x, t, lw=1, label=f"template {k}")
+    ax.set_xlabel("wavelength" if x is not None and getattr(model, "wavelength_", None) is not None
+                  else "pixel")
+    ax.set_ylabel("template")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _require_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError("plotting needs matplotlib: pip install 'specnmf[plot]'") from exc
+
+
+def cmd_plot(args):
+    _check_output(args.output, args.overwrite)
+    _require_matplotlib()
+    model = _load(args.model)
+    fig = _plot_templates_figure(model)
+    fig.savefig(args.output, dpi=args.dpi)
+    logger.debug("wrote %s", args.output)
+    print(f"wrote:            {args.output}")
+    return 0
+
+
+def cmd_info(args):
+    from .io import model_summary
+
+    model = _load(args.model)
+    s = model_summary(model)
+    print(f"file:             {args.model}")
+    print(f"class:            {s['class']}")
+    print(f"templates:        {s['n_components']} x {s['n_pixels']} pixels")
+    if "wavelength" in s:
+        print(f"wavelength:       {s['wavelength'][0]:.6g} .. {s['wavelength'][1]:.6g}")
+    if "n_iter" in s:
+        conv = s.get("converged")
+        state = "" if conv is None else (" (converged)" if conv else " (not converged)")
+        print(f"iterations:       {s['n_iter']}{state}")
+    if "chi2_end" in s:
+        print(f"chi2 start / end: {s['chi2_start']:.6g} / {s['chi2_end']:.6g}")
+    coef = getattr(model, "coefficients_", None)
+    if coef is not None:
+        print(f"training spectra: {np.shape(coef)[0]}")
+    history = getattr(model, "history_", None)
+    if isinstance(history, dict):
+        for key, values in history.items():
+            if np.size(values):
+                print(f"final {key + ':':<11} {float(np.asarray(values)[-1]):.6g}")
+    print("settings:")
+    for name, value in sorted(s["params"].items()):
+        print(f"  {name} = {value!r}")
+    meta = getattr(model, "meta_", None)
+    if meta:
+        print(f"input header:     {len(meta)} cards carried")
+    return 0
+
+
+def _parse_candidates(text):
+    values = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                values.update(range(lo, hi + 1))
+            else:
+                values.add(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a range like 1-8 or a list like 2,3,5; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"candidates must be positive integers; got {text!r}")
+    return sorted(values)
+
+
+def cmd_cv(args):
+    from .selection import select_n_components
+
+    spectra = _read(args.input, args.hdu)
+    params = _estimator_params(args, exclude=("n_components",))
+    flux = np.asarray(spectra.flux)
+    limit = min(flux.shape)
+    if max(args.candidates) > limit:
+        raise UsageError(f"--candidates must not exceed min(n_spectra, n_pixels) = {limit}")
+    sel = select_n_components(flux, spectra.ivar, candidates=args.candidates,
+                              holdout=args.holdout, random_state=params.pop("random_state", None),
+                              rule=args.rule, **params)
+    print(sel.table())
+    return 0
+
+
+def _doublet_offsets(templates, edge=0.2):
+    """Mean template level in the outer ``edge`` fraction of pixels on each side,
+    relative to the template's peak: the doublet's true signal is 0 there."""
+    d = templates.shape[1]
+    m = max(1, int(edge * d))
+    edges = np.concatenate([templates[:, :m], templates[:, -m:]], axis=1)
+    peak = templates.max(axis=1)
+    safe = np.where(peak > 0, peak, 1.0)
+    return np.where(peak > 0, edges.mean(axis=1) / safe, 0.0)
+
+
+def cmd_demo(args):
+    from .datasets import load_doublet
+    from .objective import reduced_chi2
+
+    out = args.output
+    model_path = os.path.join(out, "doublet_model.fits")
+    plot_path = os.path.join(out, "doublet_templates.png")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"{out} exists and is not a directory")
+    for path in (model_path, plot_path):
+        if os.path.exists(path) and not args.overwrite:
+            raise UsageError(f"{path} exists; pass --overwrite to replace it")
+    X, ivar = load_doublet()
+    n, d = X.shape
+    observed = ivar > 0
+    print(f"data:             the Nearly-NMF paper's doublet, {n} exposures x {d} pixels; "
+          f"{100 * np.mean(X[observed] < 0):.0f}% of the fluxes are negative")
+
+    SpectralNMF = _estimator_class()
+    params = {"solver": "nearly", "random_state": args.random_state, "max_iter": args.max_iter}
+    model = SpectralNMF(2, **params)
+    t0 = time.perf_counter()
+    _fit(model, X, ivar, progress=_verbose_for_progress(args))
+    elapsed = time.perf_counter() - t0
+    # the paper's point: clipping negative flux (the prior-work baseline) leaves
+    # a positive offset where the truth is 0; Nearly-NMF does not
+    clip = SpectralNMF(2, **{**params, "solver": "clip"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clip.fit(X, ivar)
+    chi = np.asarray(model.chi2_)
+    offsets = _doublet_offsets(np.asarray(model.templates_))
+    clip_offsets = _doublet_offsets(np.asarray(clip.templates_))
+    print(f"model:            {model}")
+    print(f"iterations:       {model.n_iter_} ({'converged' if model.converged_ else 'not converged'}"
+          f", {elapsed:.2f} s)")
+    print(f"chi2 start / end: {chi[0]:.6g} / {chi[-1]:.6g}")
+    print(f"reduced chi2:     {reduced_chi2(X, ivar, model.coefficients_, model.templates_):.4f}")
+    print("template offsets (mean level in the outer 20% of pixels, where the truth is 0,")
+    print("                  as a fraction of each template's peak):")
+    print(f"  Nearly-NMF:     {', '.join(f'{o:+.4f}' for o in offsets)}")
+    print(f"  clipped NMF:    {', '.join(f'{o:+.4f}' for o in clip_offsets)}  "
+          "(baseline that clips negative flux)")
+
+    os.makedirs(out, exist_ok=True)
+    _save(model, model_path, args.overwrite)
+    print(f"wrote:            {model_path}")
+    try:
+        _require_matplotlib()
+    except RuntimeError as exc:
+        logger.warning("%s; skipping %s", exc, plot_path)
+        return 0
+    fig = _demo_figure(model, clip, X, ivar)
+    fig.savefig(plot_path, dpi=110)
+    logger.debug("wrote %s", plot_path)
+    print(f"wrote:            {plot_path}")
+    return 0
+
+
+def _demo_figure(model, clip, X, ivar):
+    from matplotlib.figure import Figure
+
+    T = np.asarray(model.templates_)
+    C = np.asarray(model.coefficients_)
+    x = np.arange(T.shape[1])
+    # a representative exposure: the median total flux
+    i = int(np.argsort(np.sum(C, axis=1))[len(C) // 2])
+    fig = Figure(figsize=(8, 6.5), layout="constrained")
+    ax0, ax1 = fig.subplots(2, 1, sharex=True)
+    obs = ivar[i] > 0
+    sigma = np.where(obs, 1 / np.sqrt(np.where(obs, ivar[i], 1.0)), 0.0)
+    ax0.errorbar(x[obs], X[i, obs], yerr=sigma[obs], fmt=".", ms=2, lw=0.5, color="0.5",
+                 label=f"exposure {i}")
+    ax0.plot(x, C[i] @ T, color="C3", lw=1.5, label="Nearly-NMF reconstruction")
+    ax0.plot(x, np.asarray(clip.transform(X[i:i + 1], ivar[i:i + 1]))[0] @ clip.templates_,
+             color="C0", lw=1, ls="--", label="clipped-NMF reconstruction")
+    ax0.axhline(0, color="k", lw=0.5)
+    ax0.set_ylabel("flux")
+    ax0.legend(fontsize="small")
+    scale = T.max()
+    for k, t in enumerate(T):
+        ax1.plot(x, t / scale, lw=1.5, ls=["-", ":"][k % 2], color="C3",
+                 label=f"Nearly-NMF template {k}")
+    Tc = np.asarray(clip.templates_)
+    for k, t in enumerate(Tc):
+        ax1.plot(x, t / Tc.max(), lw=1, ls=["-", ":"][k % 2], color="C0", alpha=0.6,
+                 label=f"clipped-NMF template {k}")
+    ax1.axhline(0, color="k", lw=0.5)
+    ax1.set_xlabel("pixel")
+    ax1.set_ylabel("template (max = 1)")
+    ax1.legend(fontsize="small")
+    fig.suptitle("specnmf demo: Nearly-NMF templates of the paper's doublet")
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------
+def _common(parser):
+    g = parser.add_argument_group("output control")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="only errors on stderr; no progress bar")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more diagnostics on stderr (-vv: debug, with tracebacks)")
+
+
+def _fit_options(parser, *, with_k=True):
+    g = parser.add_argument_group("SpectralNMF parameters (passed only if given)")
+    for flags, name, typ, help_ in _FIT_OPTIONS:
+        if name == "n_components" and not with_k:
+            continue
+        required = name == "n_components"
+        g.add_argument(*flags, dest=name, type=typ, default=None, help=help_, required=required,
+                       metavar=name.upper().replace("_", "-") if typ is not str else name.upper())
+
+
+def _example(text):
+    return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def build_parser():
+    """The ``specnmf`` argument parser (exposed for documentation and tests)."""
+    from . import __version__
+
+    parser = _Parser(
+        prog="specnmf",
+        description="Non-negative templates from noisy, weighted, masked, signed spectra.",
+        epilog=_example("""
+            specnmf demo -o specnmf_demo_output
+            specnmf fit spectra.fits -k 5 -o model.fits
+            specnmf transform model.fits new.fits -o coeffs.fits
+        """),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"specnmf {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("fit", help="fit templates to spectra and save the model",
+                       description="Fit non-negative templates to the spectra in INPUT "
+                                   "(FITS, npz, npy, HDF5) and save the model (FITS or npz).",
+                       epilog=_example("specnmf fit spectra.fits -k 5 --solver anls -o model.fits"),
+                       formatter_class=_Formatter)
+    p.add_argument("input", help="spectra file: FITS (FLUX/IVAR/MASK/WAVELENGTH), .npz, .npy, .h5")
+    p.add_argument("-o", "--output", required=True, help="model file to write (.fits or .npz)")
+    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _fit_options(p)
+    _common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("transform", help="coefficients of spectra with a saved model's templates",
+                       description="Fit coefficients (templates fixed) of the spectra in INPUT "
+                                   "and write them (.fits, .npz, .npy or .csv) with each "
+                                   "spectrum's chi^2.",
+                       epilog=_example("specnmf transform model.fits new.fits -o coeffs.fits "
+                                       "--uncertainty"),
+                       formatter_class=_Formatter)
+    p.add_argument("model", help="model file written by 'specnmf fit'")
+    p.add_argument("input", help="spectra file")
+    p.add_argument("-o", "--output", required=True, help="coefficients file (.fits/.npz/.npy/.csv)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write the 1-sigma uncertainty of each coefficient")
+    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common(p)
+    p.set_defaults(func=cmd_transform)
+
+    p = sub.add_parser("plot", help="plot a saved model's templates to an image",
+                       description="Plot the templates of a saved model (needs matplotlib).",
+                       epilog=_example("specnmf plot model.fits -o templates.png"),
+                       formatter_class=_Formatter)
+    p.add_argument("model", help="model file")
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
+    p.add_argument("--dpi", type=int, default=110, help="resolution of raster images (default 110)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common(p)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("info", help="summarise a saved model",
+                       description="Print a saved model's settings, shapes, iterations and chi^2.",
+                       epilog=_example("specnmf info model.fits"), formatter_class=_Formatter)
+    p.add_argument("model", help="model file")
+    _common(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("cv", help="choose the number of templates by held-out chi^2",
+                       description="Hold out a random fraction of the observed pixels, fit each "
+                                   "candidate number of templates to the rest and print the "
+                                   "held-out chi^2 per candidate and the selected one (the "
+                                   "smallest within one standard error of the minimum).",
+                       epilog=_example("specnmf cv spectra.fits --candidates 1-8 --max-iter 500"),
+                       formatter_class=_Formatter)
+    p.add_argument("input", help="spectra file")
+    p.add_argument("--candidates", type=_parse_candidates, default=list(range(1, 9)),
+                   help="numbers of templates to try, e.g. 1-8 or 2,4,6 (default 1-8)")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of observed pixels held out (default 0.1)")
+    p.add_argument("--rule", choices=("one_se", "min"), default="one_se",
+                   help="one_se: smallest candidate within one standard error of the best "
+                        "(default); min: lowest held-out chi^2")
+    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
+    _fit_options(p, with_k=False)
+    _common(p)
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("demo", help="fit the paper's doublet: summary, model and plot",
+                       description="Fit two Nearly-NMF templates to the Nearly-NMF paper's toy "
+                                   "doublet (bundled with specnmf), print a summary, and write "
+                                   "DIR/doublet_model.fits and DIR/doublet_templates.png.",
+                       epilog=_example("specnmf demo -o specnmf_demo_output"),
+                       formatter_class=_Formatter)
+    p.add_argument("-o", "--output", default="specnmf_demo_output", metavar="DIR",
+                   help="output directory (created; default specnmf_demo_output)")
+    p.add_argument("--max-iter", type=int, default=1000, help="maximum iterations (default 1000)")
+    p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the ``specnmf`` command with ``argv`` (default ``sys.argv[1:]``).
+
+    Returns the exit status: 0 success, 1 failure while running, 2 bad input
+    (unreadable or missing files, wrong shapes, invalid options or
+    parameters, an output that exists without ``--overwrite``), 130 interrupted.
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        _error(exc)
+        return 2
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    level = (logging.ERROR if args.quiet else
+             logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    with _logging_setup(level):
+        try:
+            return args.func(args)
+        except (UsageError, FileNotFoundError, FileExistsError, ValueError, TypeError) as exc:
+            logger.debug("details", exc_info=True)
+            _error(exc)
+            return 2
+        except KeyboardInterrupt:
+            _error("interrupted")
+            return 130
+        except Exception as exc:
+            logger.debug("details", exc_info=True)
+            _error(f"{type(exc).__name__}: {exc}" if not isinstance(exc, (RuntimeError, OSError))
+                   else exc)
+            return 1
+        finally:
+            if _ProgressBar.active is not None:
+                _ProgressBar.active.close()
+
+
+def _error(message):
+    text = " ".join(str(message).split())  # one line, whatever the exception said
+    sys.stderr.write(f"specnmf: error: {text}\n")
+    sys.stderr.flush()
