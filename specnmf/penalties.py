@@ -73,7 +73,9 @@ couples spectra, such as ``Spatial``, reads the neighbours there).
     Raise ``ValueError`` for a use the penalty does not support.
 
 ``acts_on_templates`` / ``acts_on_coefficients`` say which gradients are
-non-zero; ``name`` is the key of the penalty in ``history_``.
+non-zero; ``needs_all_coefficients`` that the coefficient methods read
+neighbouring spectra from ``C_all`` (the loop then passes it); ``name`` is
+the key of the penalty in ``history_``.
 
 All methods use only array-API functions of ``xp`` (no ``xp.roll``, no
 in-place updates), so they run under numpy, ``array_api_strict`` and GPU
@@ -190,6 +192,7 @@ class Penalty:
     name = "penalty"
     acts_on_templates = False
     acts_on_coefficients = False
+    needs_all_coefficients = False
 
     def value(self, C, T, xp):
         raise NotImplementedError
@@ -436,6 +439,7 @@ class Spatial(Penalty):
     name = "spatial"
     acts_on_templates = True
     acts_on_coefficients = True
+    needs_all_coefficients = True
 
     def __init__(self, strength, ivar_scale=1.0, *, shape):
         self.strength = _check_strength(strength, "spatial")

@@ -443,3 +443,16 @@ def test_spatial_check_rejects_wrong_grid_and_streamed_data():
         p.value(np.ones((10, 2)), np.ones((2, 5)), np)
     for q in (Smoothness(1.0), Sparsity(1.0)):
         q.check("nearly", 13, 50, in_memory=False)
+
+
+def test_only_spatial_asks_for_all_coefficients():
+    flags = {p.name: p.needs_all_coefficients
+             for p in make_penalties(smoothness=1, sparsity=1, spatial=1, spatial_shape=(2, 2))}
+    assert flags == {"smoothness": False, "sparsity": False, "spatial": True}
+    # without C_all, a block that is not every spectrum cannot find its neighbours
+    C, T = np.ones((4, 2)), np.ones((2, 3))
+    with pytest.raises(ValueError, match="spatial_shape"):
+        Spatial(1.0, shape=(2, 2)).coefficients_grad_split(C[:2], T, np, rows=slice(0, 2))
+    with pytest.raises(ValueError, match="contiguous"):
+        Spatial(1.0, shape=(2, 2)).coefficients_grad_split(C[::2], T, np, rows=slice(0, 4, 2),
+                                                          C_all=C)
