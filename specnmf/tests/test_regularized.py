@@ -55,7 +55,6 @@ def _fit(X, ivar, solver, **params):
 
 
 @needs_penalties
-@pytest.mark.slow
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_smoothness_recovers_smooth_templates_better_at_low_snr(solver):
     X, ivar, truth = smooth_problem()
