@@ -430,6 +430,9 @@ def cmd_plot(args):
     model = _load(args.model)
     fig = _plot_templates_figure(model)
     fig.savefig(args.output, dpi=args.dpi)
+    if "matplotlib.pyplot" in sys.modules:
+        # plotting.py draws through pyplot, which keeps every figure open
+        sys.modules["matplotlib.pyplot"].close(fig)
     logger.debug("wrote %s", args.output)
     print(f"wrote:            {args.output}")
     return 0

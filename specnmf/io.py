@@ -631,8 +631,8 @@ def _collect(model):
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "params": params,
         "attrs": attrs,
-        "arrays": {name: arr.dtype.str for name, arr in arrays.items()},
-        "dicts": {name: {k: v.dtype.str for k, v in d.items()} for name, d in dicts.items()},
+        "arrays": {name: _spec(arr) for name, arr in arrays.items()},
+        "dicts": {name: {k: _spec(v) for k, v in d.items()} for name, d in dicts.items()},
         "meta": meta,
     }
     flat = dict(arrays)
@@ -640,6 +640,23 @@ def _collect(model):
         for key, arr in d.items():
             flat[f"{name}/{key}"] = arr
     return record, flat
+
+
+def _spec(arr):
+    """(dtype, shape) of a saved array: FITS cannot store bool or empty images."""
+    return [arr.dtype.str, list(arr.shape)]
+
+
+def _restore(arrays, key, spec, path):
+    dtype, shape = np.dtype(spec[0]), tuple(spec[1])
+    if key not in arrays or arrays[key] is None:
+        if int(np.prod(shape)) == 0:
+            return np.zeros(shape, dtype=dtype)
+        raise ValueError(f"{path}: model file is incomplete (array {key} missing)")
+    arr = np.asarray(arrays[key]).astype(dtype)
+    if arr.shape != shape:
+        raise ValueError(f"{path}: array {key} has shape {arr.shape}, expected {shape}")
+    return arr
 
 
 def _header_to_dict(value):
@@ -796,20 +813,13 @@ def _rebuild(record, arrays, path):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: cannot rebuild {cls.__name__} from the saved parameters "
                          f"({exc})") from exc
-    if "templates_" not in arrays:
+    if "templates_" not in record.get("arrays", {}):
         raise ValueError(f"{path}: not a specnmf model file (no TEMPLATES)")
-    for name, dtype in record.get("arrays", {}).items():
-        if name not in arrays:
-            raise ValueError(f"{path}: model file is incomplete (array {name} missing)")
-        _set(model, name, np.asarray(arrays[name]).astype(np.dtype(dtype)))
+    for name, spec in record.get("arrays", {}).items():
+        _set(model, name, _restore(arrays, name, spec, path))
     for name, entries in record.get("dicts", {}).items():
-        value = {}
-        for key, dtype in entries.items():
-            flat = f"{name}/{key}"
-            if flat not in arrays:
-                raise ValueError(f"{path}: model file is incomplete (array {flat} missing)")
-            value[key] = np.asarray(arrays[flat]).astype(np.dtype(dtype))
-        _set(model, name, value)
+        _set(model, name, {key: _restore(arrays, f"{name}/{key}", spec, path)
+                           for key, spec in entries.items()})
     for name, value in record.get("attrs", {}).items():
         _set(model, name, _from_json(value))
     for name, value in record.get("meta", {}).items():
@@ -864,9 +874,11 @@ def _load_fits(path):
                 extnames = record.get("extnames", {})
                 arrays = {}
                 for key, ext in extnames.items():
-                    if ext not in names or names[ext].data is None:
+                    if ext not in names:
                         raise ValueError(f"{path}: model file is incomplete (HDU {ext} missing)")
-                    arrays[key] = np.array(names[ext].data)
+                    data = names[ext].data
+                    # an empty array is stored as an image without data
+                    arrays[key] = None if data is None else np.array(data)
     except ValueError as exc:
         if str(exc).startswith(str(path)):
             raise
