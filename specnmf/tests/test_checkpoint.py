@@ -350,14 +350,17 @@ def test_keyboard_interrupt_returns_a_usable_partial_model(tmp_path, resume_data
             _raise_keyboard_interrupt_at(monkeypatch, "nearly", 7)
             model.fit(X, ivar)
     assert model.interrupted_ is True
-    assert model.n_iter_ == 6
+    assert 1 <= model.n_iter_ < 50
+    if "callback" in fit_params:
+        assert model.n_iter_ == 6
     assert any(r.levelno == logging.WARNING and "interrupt" in r.getMessage()
                for r in caplog.records)
     assert model.templates_.shape == (3, X.shape[1]) and np.all(model.templates_ >= 0)
     assert np.all(np.isfinite(model.coefficients_))
-    assert model.chi2_.shape == (7,) and model.chi2_[-1] < model.chi2_[0]
+    assert model.chi2_.shape == (model.n_iter_ + 1,) and model.chi2_[-1] < model.chi2_[0]
     assert model.transform(X, ivar).shape == (X.shape[0], 3)
-    # the partial model is the uninterrupted fit's 6th iterate
+    # the partial model is the last complete iterate of the uninterrupted fit
     monkeypatch.undo()
-    six = SpectralNMF(3, max_iter=6, tol=0, random_state=0).fit(X, ivar)
-    np.testing.assert_array_equal(model.templates_, six.templates_)
+    same = SpectralNMF(3, max_iter=model.n_iter_, tol=0, random_state=0).fit(X, ivar)
+    np.testing.assert_array_equal(model.templates_, same.templates_)
+    np.testing.assert_array_equal(model.chi2_, same.chi2_)
