@@ -42,49 +42,88 @@ def _check_int(value, name, low):
     return int(value)
 
 
+def _absorption(wavelength, lines, width):
+    depth = np.zeros_like(wavelength)
+    for centre, strength in lines:
+        depth += strength * np.exp(-0.5 * ((wavelength - centre) / width) ** 2)
+    return np.exp(-depth)
+
+
+def _smoothstep(x, lo, hi):
+    """0 below ``lo``, 1 above ``hi``, a smooth (C1) cubic ramp between."""
+    t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
 def _ifu_templates(wavelength):
-    """The three true component spectra, each scaled to a maximum of 1."""
-    x = (wavelength - wavelength.mean()) / np.ptp(wavelength)
-    # hot, young population: blue continuum declining to the red
-    blue = 1.0 / (1.0 + np.exp(4.0 * (x + 0.1))) + 0.25
-    # old population: red continuum, smooth and rising with a gentle curvature
-    red = 0.3 + 0.7 / (1.0 + np.exp(-5.0 * (x - 0.05))) - 0.05 * np.cos(3.0 * x)
-    # ionised gas: emission lines on a weak nebular continuum; line width two
-    # pixels so that the lines are resolved on any grid
+    """The three true component spectra, each scaled to a maximum of 1.
+
+    Each is exactly 0 over part of the range (the blue continuum in the red,
+    the red continuum in the blue, the gas between its lines): together with
+    the maps' spaxels of their own this makes the factorisation unique up to
+    scale, so fitted maps can be compared with the true ones.
+    """
+    x = (wavelength - wavelength.min()) / np.ptp(wavelength)
     dl = float(np.median(np.diff(wavelength)))
-    gas = np.full_like(wavelength, 0.02)
+    # hot, young population: blue continuum fading to the red, Balmer absorption
+    blue = (1.0 - _smoothstep(x, 0.15, 0.8)) * (1.0 - 0.3 * x) \
+        * _absorption(wavelength, ((4861.3, 0.4), (6562.8, 0.3)), max(4.0 * dl, 8.0))
+    # old population: red continuum rising from the blue, metal lines (Mg b,
+    # Fe, Na D) that the blue component lacks
+    red = _smoothstep(x, 0.05, 0.7) * (0.8 + 0.2 * x) \
+        * _absorption(wavelength, ((5175.0, 0.35), (5270.0, 0.2), (5335.0, 0.15),
+                                   (5893.0, 0.3)), max(4.0 * dl, 10.0))
+    # ionised gas: emission lines only, two pixels wide so that they are
+    # resolved on any grid; lines outside the range are dropped, tails kept
+    gas = np.zeros_like(wavelength)
     for centre, strength in _LINES:
-        # lines outside the simulated range are dropped, their tails kept
-        gas += strength * np.exp(-0.5 * ((wavelength - centre) / (2.0 * dl)) ** 2)
+        profile = np.exp(-0.5 * ((wavelength - centre) / (2.0 * dl)) ** 2)
+        gas += strength * np.where(profile > 1e-6, profile, 0.0)
     templates = np.stack([blue, red, gas])
-    return templates / templates.max(axis=1, keepdims=True)
+    peak = templates.max(axis=1, keepdims=True)
+    if np.any(peak <= 0):
+        raise ValueError("wavelength_range holds none of the simulated emission lines; "
+                         "include some of 4861-6731 Angstrom")
+    return templates / peak
 
 
-def _blob(yy, xx, y0, x0, sy, sx, theta=0.0):
+def _blob(yy, xx, y0, x0, sy, sx, theta=0.0, cut=2.5):
+    """A Gaussian blob truncated to exactly 0 beyond ``cut`` standard deviations.
+
+    The exact zeros give every component spaxels of its own, which makes the
+    factorisation unique up to scale (a smooth Gaussian tail everywhere would
+    let components trade flux without changing the cube).
+    """
     c, s = np.cos(theta), np.sin(theta)
     dy, dx = yy - y0, xx - x0
     u = (c * dx + s * dy) / sx
     v = (-s * dx + c * dy) / sy
-    return np.exp(-0.5 * (u * u + v * v))
+    floor = np.exp(-0.5 * cut * cut)
+    return np.clip(np.exp(-0.5 * (u * u + v * v)) - floor, 0.0, None) / (1.0 - floor)
 
 
 def _ifu_maps(ny, nx, rng):
-    """Coefficient maps of shape (ny, nx, 3): smooth, non-negative, overlapping."""
+    """Coefficient maps of shape (ny, nx, 3): smooth, non-negative, overlapping.
+
+    Each component has spaxels of its own (the red bulge on one side, the
+    blue disc on the other, gas knots in and beyond the disc), so the
+    factorisation is identifiable up to scale.
+    """
     yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
     cy, cx = (ny - 1) / 2.0, (nx - 1) / 2.0
     scale = min(ny, nx)
-    # red, old "bulge": centred and compact
-    red = 1.2 * _blob(yy, xx, cy, cx, 0.15 * scale, 0.15 * scale)
-    # blue "disc": elongated, tilted, slightly off centre
-    blue = 0.8 * _blob(yy, xx, cy + 0.05 * ny, cx - 0.05 * nx, 0.18 * scale, 0.38 * scale,
-                       theta=0.5)
-    # gas: a few compact star-forming knots placed at random along the disc
+    # red, old "bulge": compact, left of centre
+    red = 1.2 * _blob(yy, xx, cy - 0.05 * ny, cx - 0.22 * nx, 0.1 * scale, 0.1 * scale)
+    # blue "disc": elongated, tilted, right of centre
+    blue = 0.8 * _blob(yy, xx, cy + 0.05 * ny, cx + 0.15 * nx, 0.1 * scale, 0.25 * scale,
+                       theta=1.0)
+    # gas: compact star-forming knots, two in the disc and two beyond the
+    # stellar light (so that gas also has spaxels of its own); positions jitter
     gas = np.zeros((ny, nx))
-    for _ in range(4):
-        t = rng.uniform(-0.3, 0.3)
-        y0 = cy + 0.05 * ny + t * scale * np.sin(0.5)
-        x0 = cx - 0.05 * nx + t * scale * np.cos(0.5)
-        gas += rng.uniform(0.6, 1.2) * _blob(yy, xx, y0, x0, 0.07 * scale, 0.07 * scale)
+    for fy, fx in ((0.7, 0.7), (0.4, 0.6), (0.88, 0.15), (0.1, 0.25)):
+        y0 = (fy + rng.uniform(-0.03, 0.03)) * (ny - 1)
+        x0 = (fx + rng.uniform(-0.03, 0.03)) * (nx - 1)
+        gas += rng.uniform(0.6, 1.2) * _blob(yy, xx, y0, x0, 0.06 * scale, 0.06 * scale)
     return np.stack([blue, red, gas], axis=-1)
 
 
