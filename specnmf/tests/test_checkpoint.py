@@ -363,4 +363,5 @@ def test_keyboard_interrupt_returns_a_usable_partial_model(tmp_path, resume_data
     monkeypatch.undo()
     same = SpectralNMF(3, max_iter=model.n_iter_, tol=0, random_state=0).fit(X, ivar)
     np.testing.assert_array_equal(model.templates_, same.templates_)
-    np.testing.assert_array_equal(model.chi2_, same.chi2_)
+    # (the last chi^2 may come from another, equivalent formula: rounding only)
+    np.testing.assert_allclose(model.chi2_, same.chi2_, rtol=1e-12)
