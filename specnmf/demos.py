@@ -329,7 +329,7 @@ def _matched_maps(model_templates, model_coefficients, true_templates, spatial_s
     return coefficient_maps(C * scale, spatial_shape), T / scale[:, None], corr
 
 
-def ifu_demo(*, ny=30, nx=30, n_wave=300, snr=2.0, spatial=1.0, solver="anls",
+def ifu_demo(*, ny=30, nx=30, n_wave=300, snr=0.3, spatial=0.1, solver="anls",
              max_iter=300, tol=1e-6, init="nndsvda", random_state=0):
     """Fit a simulated IFU cube with and without the spatial penalty.
 
@@ -343,10 +343,10 @@ def ifu_demo(*, ny=30, nx=30, n_wave=300, snr=2.0, spatial=1.0, solver="anls",
     ----------
     ny, nx, n_wave : int
         Size of the simulated cube.
-    snr : float, default=2.0
+    snr : float, default=0.3
         Signal-to-noise of the mean pixel (low, so that the spatial penalty has
         noise to remove).
-    spatial : float, default=1.0
+    spatial : float, default=0.1
         Strength of the spatial penalty of the second fit.  Skipped (``None``
         in the result) if the estimator has no ``spatial`` parameter.
     solver, max_iter, tol, init, random_state
