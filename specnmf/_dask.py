@@ -135,21 +135,37 @@ class DaskEngine(Engine):
         if isinstance(split_every, bool) or int(split_every) < 2:
             raise ValueError(f"split_every must be an integer >= 2; got {split_every!r}")
 
-        row_chunks = X.chunks[0] if block_rows is None else int(block_rows)
         if len(X.chunks[1]) > 1:
             logger.info("X is chunked along pixels (%d chunks); merging them so that each "
                         "task holds whole spectra", len(X.chunks[1]))
-        X = X.rechunk({0: row_chunks, 1: -1})
-        if ivar is not None:
-            if len(ivar.chunks[1]) > 1:
-                logger.info("ivar is chunked along pixels (%d chunks); merging them",
-                            len(ivar.chunks[1]))
-            ivar = ivar.rechunk(X.chunks)
-        bounds = np.cumsum((0,) + tuple(X.chunks[0]))
-        self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-        super().__init__(n, d, V.check_dtype(dtype), xp, max(X.chunks[0]), device)
+        if ivar is not None and len(ivar.chunks[1]) > 1:
+            logger.info("ivar is chunked along pixels (%d chunks); merging them",
+                        len(ivar.chunks[1]))
         self.X, self.ivar = X, ivar
         self.split_every = int(split_every)
+        self._rechunk(X.chunks[0] if block_rows is None else int(block_rows))
+        super().__init__(n, d, V.check_dtype(dtype), xp, max(self.X.chunks[0]), device)
+
+    def _rechunk(self, rows):
+        """Chunks of ``rows`` spectra (an int or a tuple of sizes), whole spectra each."""
+        self.X = self.X.rechunk({0: rows, 1: -1})
+        if self.ivar is not None:
+            self.ivar = self.ivar.rechunk(self.X.chunks)
+        bounds = np.cumsum((0,) + tuple(self.X.chunks[0]))
+        self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @property
+    def block_rows(self):
+        """Largest number of spectra per task; setting it rechunks the arrays."""
+        return self._block_rows
+
+    @block_rows.setter
+    def block_rows(self, value):
+        value = max(1, int(value))
+        if hasattr(self, "_block_rows") and value != self._block_rows:
+            self._rechunk(value)
+            value = max(self.X.chunks[0])
+        self._block_rows = value
 
     def row_slices(self):
         return list(self._slices)

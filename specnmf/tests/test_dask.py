@@ -198,6 +198,8 @@ def test_block_rows_rechunks_and_unit_weights(data):
     C, T = _factors(*X.shape)
     engine = DaskEngine(da.from_array(X, chunks=(90, 40)), None, dtype="float32", block_rows=25)
     assert [r.stop - r.start for r in engine.row_slices()] == [25, 25, 25, 15]
+    engine.block_rows = 90  # e.g. a penalty that needs all spectra in one block
+    assert engine.row_slices() == [slice(0, 90)] and engine.X.numblocks == (1, 1)
     blocks = list(engine.blocks())
     assert all(xb.dtype == np.float32 and np.all(ib == 1) for _, xb, ib in blocks)
     np.testing.assert_array_equal(np.concatenate([xb for _, xb, _ in blocks]), X.astype(np.float32))
