@@ -1,0 +1,176 @@
+r"""Alternating non-negative least squares (ANLS) on the weighted objective.
+
+With the templates fixed, the objective separates into one small quadratic
+per spectrum, ``c^T G_i c - 2 a_i . c`` with the weighted Gram matrix
+``G_i = T diag(ivar_i) T^T`` (q x q); with the coefficients fixed, into one per
+pixel with ``G'_j = sum_i ivar_ij c_i c_i^T``.  ANLS solves each of them
+*exactly* under the non-negativity constraint (batched NNLS, see
+:mod:`specnmf.solvers.nnls`), so every half-step is the best possible and the
+objective can only decrease.  Signed data need no special treatment: the
+right-hand sides ``a_i`` may be negative.
+
+Penalties enter through their per-entry quadratic models
+(``*_quadratic``): a diagonal added to each Gram matrix and a shift of the
+right-hand side.  A penalty that couples neighbouring entries (smoothness
+along pixels, spatial along spaxels) is handled colour by colour (red-black
+Gauss-Seidel): entries of one colour do not interact, so each colour's
+subproblems are still solved exactly and the objective still cannot increase.
+
+:class:`_Alternating` is shared with the accelerated proximal-gradient solver
+(:mod:`specnmf.solvers.apg`), which takes one extrapolated projected-gradient
+step on the same quadratics instead of solving them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import gram
+from .multiplicative import Block
+
+__all__ = ["ANLS"]
+
+
+def _colour_masks(colours, n, xp, like):
+    """Boolean masks (namespace ``xp``) from a penalty's list of index arrays."""
+    masks = []
+    for idx in colours:
+        m = np.zeros(n, dtype=bool)
+        m[np.asarray(idx)] = True
+        masks.append(m if xp is np else xp.asarray(m, device=getattr(like, "device", None)))
+    return masks
+
+
+class _Alternating:
+    """Gram-based alternating solver; subclasses define ``_solve(G, b, F, which, rows)``."""
+
+    name = ""
+    multiplicative = False
+
+    def __init__(self, xp, *, shift=None, penalties=()):
+        self.xp = xp
+        self.penalties = tuple(penalties)
+
+    def prepare_key(self):
+        return ("gram",)
+
+    def prepare_block(self, X, ivar):
+        xp = self.xp
+        vx2 = xp.sum(ivar * X * X, axis=1, dtype=xp.float64)
+        return Block(X, ivar, (ivar * X, vx2))
+
+    def block_chi2(self, block, C, T):
+        return gram.block_chi2(block.X, block.ivar, C, T, self.xp)
+
+    # -- penalties as quadratic models ----------------------------------------
+    def _coef_colours(self, n_rows, like):
+        for p in self.penalties:
+            if p.acts_on_coefficients:
+                colours = p.coefficients_colors(n_rows)
+                if len(colours) > 1:
+                    return _colour_masks(colours, n_rows, self.xp, like)
+        return [None]
+
+    def _templ_colours(self, n_pixels, like):
+        for p in self.penalties:
+            if p.acts_on_templates:
+                colours = p.templates_colors(n_pixels)
+                if len(colours) > 1:
+                    return _colour_masks(colours, n_pixels, self.xp, like)
+        return [None]
+
+    def _coef_quadratic(self, C, T, rows, C_all):
+        diag = lin = None
+        for p in self.penalties:
+            if p.acts_on_coefficients:
+                d, l_ = p.coefficients_quadratic(C, T, self.xp, rows=rows, C_all=C_all)
+                diag = d if diag is None else diag + d
+                lin = l_ if lin is None else lin + l_
+        return diag, lin
+
+    def _templ_quadratic(self, C, T):
+        diag = lin = None
+        for p in self.penalties:
+            if p.acts_on_templates:
+                d, l_ = p.templates_quadratic(C, T, self.xp)
+                diag = d if diag is None else diag + d
+                lin = l_ if lin is None else lin + l_
+        return diag, lin
+
+    # -- the protocol ------------------------------------------------------------
+    def row_inputs(self, C):
+        return C
+
+    def row_outputs(self, P_new, C_old):
+        return P_new
+
+    def _split_rows(self, P):
+        return P, None
+
+    def _join_rows(self, C_new, extra):
+        return C_new
+
+    def block_step(self, block, P, T, *, rows=slice(None), C_all=None):
+        """Exact/proximal coefficient update of one block, its template statistics, chi^2."""
+        xp = self.xp
+        C, extra = self._split_rows(P)
+        vx, vx2 = block.aux
+        q = T.shape[0]
+        Gp = gram.row_grams(block.ivar, T, xp)
+        a = vx @ xp.matrix_transpose(T)
+        if C.dtype == xp.float64:
+            chi = gram.chi2_from_grams(vx2, a, Gp, C, xp)
+        else:
+            chi = self.block_chi2(block, C, T)
+        G = gram.unpack(Gp, q, xp)
+        C_new = C
+        info = None
+        for mask in self._coef_colours(C.shape[0], C):
+            # a colouring (spatial) penalty needs the current neighbours; it is
+            # only allowed with all spectra in one in-memory block
+            diag, lin = self._coef_quadratic(C_new, T, rows, C_all if mask is None else C_new)
+            Gq = G if diag is None else gram.add_diagonal(G, diag, xp)
+            b = a if lin is None else a + lin
+            F, info = self._solve(Gq, b, C_new, "coefficients", extra, info)
+            C_new = F if mask is None else xp.where(mask[:, None], F, C_new)
+        A = xp.astype(xp.matrix_transpose(C_new) @ vx, xp.float64)
+        Gpix = xp.astype(gram.pixel_grams(block.ivar, C_new, xp), xp.float64)
+        return self._join_rows(C_new, info), (chi, A, Gpix)
+
+    def templates_step(self, T, stats, C=None):
+        xp = self.xp
+        q, d = T.shape
+        A, Gpix = stats
+        G = xp.permute_dims(gram.unpack(Gpix, q, xp, axis=0), (2, 0, 1))   # (d, q, q)
+        G = xp.astype(G, T.dtype)
+        b0 = xp.astype(xp.matrix_transpose(A), T.dtype)                    # (d, q)
+        Tt = xp.matrix_transpose(T)
+        info = None
+        for mask in self._templ_colours(d, T):
+            diag, lin = self._templ_quadratic(C, xp.matrix_transpose(Tt))
+            Gq = G if diag is None else gram.add_diagonal(G, xp.matrix_transpose(diag), xp)
+            b = b0 if lin is None else b0 + xp.matrix_transpose(lin)
+            F, info = self._solve(Gq, b, Tt, "templates", None, info)
+            Tt = F if mask is None else xp.where(mask[:, None], F, Tt)
+        self._after_templates(T, info)
+        return xp.matrix_transpose(Tt)
+
+    def _after_templates(self, T, info):
+        return None
+
+    def state(self):
+        return {}
+
+    def load_state(self, state):
+        return None
+
+
+class ANLS(_Alternating):
+    """Alternating exact weighted NNLS: each half-step is the exact minimiser."""
+
+    name = "anls"
+
+    def _solve(self, G, b, F, which, extra, info):
+        from .nnls import nnls_gram
+
+        return nnls_gram(G, b, x0=F), None
