@@ -166,8 +166,11 @@ def warn_missing(ivar) -> tuple[np.ndarray, np.ndarray]:
     Returns boolean masks ``(empty_spectra, empty_pixels)``.
     """
     observed = ivar > 0
-    empty_spectra = ~np.any(observed, axis=1)
-    empty_pixels = ~np.any(observed, axis=0)
+    return warn_empty(~np.any(observed, axis=1), ~np.any(observed, axis=0))
+
+
+def warn_empty(empty_spectra, empty_pixels, stacklevel=3):
+    """Warn once if any spectrum or pixel has zero total weight; returns the masks."""
     parts = []
     if empty_spectra.any():
         parts.append(f"{int(empty_spectra.sum())} spectra")
@@ -178,7 +181,7 @@ def warn_missing(ivar) -> tuple[np.ndarray, np.ndarray]:
             " and ".join(parts) + " have zero weight everywhere; their coefficients "
             "(spectra) or template values (pixels) are unconstrained and set to 0",
             MissingDataWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return empty_spectra, empty_pixels
 

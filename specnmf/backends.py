@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["get_namespace", "to_numpy", "is_numpy_namespace", "asarray"]
+__all__ = ["get_namespace", "to_numpy", "is_numpy_namespace", "asarray", "index_like",
+           "resolve_backend", "BACKENDS"]
 
 
 def get_namespace(*arrays):
@@ -82,3 +83,54 @@ def asarray(a, xp, *, dtype=None, device=None):
     if device is not None:
         kwargs["device"] = device
     return xp.asarray(a, **kwargs)
+
+
+def index_like(idx, like, xp):
+    """Integer index array ``idx`` (numpy) in namespace ``xp``, on the device of ``like``."""
+    if xp is np or isinstance(like, np.ndarray):
+        return idx
+    device = getattr(like, "device", None)
+    try:
+        return xp.asarray(idx, device=device)
+    except TypeError:  # namespaces whose asarray takes no device (CuPy: current device)
+        return xp.asarray(idx)
+
+
+#: names accepted by ``SpectralNMF(backend=...)``
+BACKENDS = ("numpy", "array_api_strict", "cupy", "torch")
+
+
+def resolve_backend(name):
+    """Namespace and device for a ``backend=`` name.
+
+    ``"numpy"`` (default), ``"array_api_strict"`` (the standard's reference
+    namespace: slow, used to prove the solvers use nothing else),
+    ``"cupy"`` (NVIDIA GPU) and ``"torch"`` (CUDA if available, else CPU).
+
+    Raises
+    ------
+    ImportError
+        If the library behind the backend is not installed, with the pip
+        command that installs it.
+    """
+    if name == "numpy":
+        return np, None
+    if name == "array_api_strict":
+        import array_api_strict
+
+        return array_api_strict, None
+    if name == "cupy":
+        try:
+            import cupy
+        except ImportError as exc:
+            raise ImportError("backend='cupy' needs CuPy: pip install 'specnmf[gpu]'") from exc
+        return cupy, None
+    if name == "torch":
+        try:
+            import torch
+            from array_api_compat import torch as xp_torch
+        except ImportError as exc:
+            raise ImportError("backend='torch' needs PyTorch and array-api-compat: "
+                              "pip install 'specnmf[torch]'") from exc
+        return xp_torch, ("cuda" if torch.cuda.is_available() else "cpu")
+    raise ValueError(f"backend must be one of {list(BACKENDS)}; got {name!r}")

@@ -14,11 +14,12 @@ from numbers import Integral, Real
 import numpy as np
 
 from . import _validation as V
-from .backends import get_namespace
+from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
+from .engine import make_engine
 from .init import INITS, check_random_state, nndsvd_init, random_init
 from .objective import _chi2
-from .solvers import MULTIPLICATIVE, SOLVERS, minimal_shift, run, weighted_nnls
-from .solvers.multiplicative import Block
+from .solvers import SOLVERS, run
+from .solvers import gram
 
 logger = logging.getLogger("specnmf")
 
@@ -52,6 +53,11 @@ def _boolish(value, name):
 
 def _dtype(value, name):
     V.check_dtype(value)
+
+
+def _optional_path(value, name):
+    if value is not None and not isinstance(value, (str, bytes)) and not hasattr(value, "__fspath__"):
+        raise TypeError(f"{name} must be a path or None; got {value!r}")
 
 
 class _ParamsMixin:
@@ -114,45 +120,86 @@ class SpectralNMF(_ParamsMixin):
 
     .. math::
 
+        \chi^2(C, T) + P(C, T), \qquad
         \chi^2(C, T) = \sum_{ij} \mathrm{ivar}_{ij}\,(X_{ij} - [C T]_{ij})^2 ,
 
-    where ``X`` may be negative (noise) and ``ivar == 0`` marks missing data.
-    Nothing is clipped: negative flux pulls the fit down exactly as much as
-    positive flux pulls it up.
+    where ``X`` may be negative (noise), ``ivar == 0`` marks missing data and
+    ``P`` are the optional penalties.  Nothing is clipped: negative flux pulls
+    the fit down exactly as much as positive flux pulls it up.  With
+    :math:`s` the mean observed ``ivar`` (so strengths do not depend on flux
+    units) the penalties are, each invariant under rescaling a component
+    (:math:`C_{:k} \to a C_{:k}`, :math:`T_k \to T_k / a`):
+
+    .. math::
+
+        P = \lambda_\mathrm{smooth}\, s \sum_k \|C_{:k}\|^2 \|D T_k\|^2
+          + \lambda_\mathrm{sparse} \sqrt{s} \sum_{ik} C_{ik} \textstyle\sum_j T_{kj}
+          + \lambda_\mathrm{spatial}\, s \sum_k \|T_k\|^2 \sum_{a \sim b} (C_{ak} - C_{bk})^2
+
+    (D: first differences along pixels; a ~ b: 4-connected neighbouring spaxels).
 
     Parameters
     ----------
     n_components : int
         Number of templates, ``1 <= n_components <= min(n_spectra, n_pixels)``.
-    solver : {"nearly", "shift", "clip"}, default="nearly"
+    solver : {"nearly", "shift", "clip", "anls", "apg"}, default="nearly"
         ``"nearly"``: Nearly-NMF (Green & Bailey 2024, eqs. 18-19), the
-        recommended multiplicative solver for signed data.  ``"shift"``:
-        Shift-NMF (eqs. 7-8) with scalar shift ``shift``; slower as the shift
-        grows.  ``"clip"``: the prior-work baseline (negative flux clipped to
-        0, weighted multiplicative updates of Zhu 2016), biased high where the
-        signal is near 0; for comparisons only.
+        published multiplicative rule.  ``"shift"``: Shift-NMF (eqs. 7-8) with
+        scalar shift ``shift``; slower as the shift grows.  ``"clip"``: the
+        prior-work baseline (negative flux clipped to 0, weighted
+        multiplicative updates of Zhu 2016), biased high where the signal is
+        near 0; for comparisons only.  ``"anls"``: exact alternating weighted
+        NNLS, the fastest to converge for few components.  ``"apg"``:
+        alternating accelerated proximal gradient (Xu & Yin 2013) with
+        restart.  All minimise the same objective and never increase it.
     max_iter : int, default=1000
         Maximum number of iterations (each updates coefficients, then templates).
     tol : float, default=1e-6
         Stop when the relative decrease of the objective over one iteration
-        falls below ``tol``.  ``tol=0`` runs exactly ``max_iter`` iterations.
-    init : {"random", "nndsvd", "nndsvda"}, default="random"
+        falls below ``tol`` (``patience`` times in a row).  ``tol=0`` runs
+        exactly ``max_iter`` iterations.
+    init : {"random", "nndsvd", "nndsvda", "sequential"}, default="random"
         Start for whichever of templates/coefficients is not given to ``fit``.
         ``"random"``: seeded uniform values at the data's scale.
         ``"nndsvd"``: non-negative double SVD of the positive part of the data
         (missing pixels filled by the pixel's weighted mean); its exact zeros
         never move under multiplicative solvers, so prefer ``"nndsvda"``
-        (zeros filled with the mean level) for those.
+        (zeros filled with the mean level) for those.  ``"sequential"``: the
+        paper's sequential build -- one template (flat start, random
+        coefficients) for 50 iterations, then a flat template and random
+        coefficients are added and all are trained together for 50 more, up
+        to ``n_components``; then the fit proper runs.  Templates come out
+        roughly ordered by explained variance.
     random_state : int, numpy.random.Generator or None, default=None
-        Seed for the random start.
+        Seed for random starts and restarts.
     dtype : {"float64", "float32"}, default="float64"
-        Working precision.  chi^2 is always accumulated in float64.
+        Working precision.  chi^2 and template statistics are accumulated in
+        float64 whatever the precision.
     verbose : bool or int, default=False
         Log progress every 10 iterations on the ``"specnmf"`` logger.
     shift : float or None, default=None
         For ``solver="shift"`` only: the scalar shift y.  ``None`` uses the
         minimal shift ``-min(X)`` over observed pixels; a larger value is
         allowed (the paper's Fig. 2 uses 2x and 5x), a smaller one is an error.
+    smoothness, sparsity, spatial : float, default=0.0
+        Penalty strengths (see above), >= 0.  ``spatial`` needs
+        ``fit(..., spatial_shape=(ny, nx))`` and all spectra in memory.
+    n_init : int, default=1
+        Number of restarts from different random starts; the fit with the
+        lowest final objective is kept.
+    patience : int, default=1
+        Consecutive iterations below ``tol`` needed to stop.
+    block_size : int or None, default=None
+        Spectra per block of the pass over the data.  Sets the peak memory of
+        fits of data on disk (np.memmap, h5py, zarr, FITS memmap) and the task
+        size of Dask fits; ``None`` chooses from the number of pixels.
+    backend : {"numpy", "array_api_strict", "cupy", "torch"}, default="numpy"
+        Array library the iterations run on; ``"cupy"``/``"torch"`` keep the
+        data on the GPU across iterations.  Results are numpy arrays.
+    checkpoint : path or None, default=None
+        Write the state of the fit here every ``checkpoint_every`` iterations
+        (atomically); ``fit(..., resume=True)`` continues from it.
+    checkpoint_every : int, default=10
 
     Attributes
     ----------
@@ -166,12 +213,21 @@ class SpectralNMF(_ParamsMixin):
         chi^2 before the first iteration and after each iteration.
     objective_ : ndarray of shape (n_iter_ + 1,)
         chi^2 plus penalties (equal to ``chi2_`` without penalties).
+    history_ : dict of ndarray
+        ``"chi2"`` and each active penalty's value, per iteration.
     n_iter_ : int
         Iterations run.
     converged_ : bool
         Whether the ``tol`` criterion stopped the fit.
+    interrupted_ : bool
+        Whether the fit was stopped by Ctrl-C (the model holds the last
+        complete iterate).
     shift_ : float
         Shift used by ``solver="shift"`` (0 for the other solvers).
+    ivar_scale_ : float
+        Mean observed inverse variance, the unit of the penalties.
+    wavelength_ : ndarray of shape (n_pixels,) or None
+    spatial_shape_ : tuple or None
     n_features_in_ : int
         Number of pixels seen in ``fit``.
 
@@ -186,6 +242,7 @@ class SpectralNMF(_ParamsMixin):
     ----------
     D. Green & S. Bailey, "Algorithms for Non-Negative Matrix Factorization on
     Noisy Data With Negative Values", IEEE TSP (2024), arXiv:2311.04855.
+    Y. Xu & W. Yin, SIAM J. Imaging Sciences 6, 1758 (2013).
 
     Examples
     --------
@@ -207,16 +264,30 @@ class SpectralNMF(_ParamsMixin):
         "solver": _options(*SOLVERS),
         "max_iter": _interval(Integral, 0),
         "tol": _interval(Real, 0),
-        "init": _options(*INITS),
+        "init": _options(*INITS, "sequential"),
         "random_state": _random_state,
         "dtype": _dtype,
         "verbose": _boolish,
         "shift": _interval(Real, 0, allow_none=True),
+        "smoothness": _interval(Real, 0),
+        "sparsity": _interval(Real, 0),
+        "spatial": _interval(Real, 0),
+        "n_init": _interval(Integral, 1),
+        "patience": _interval(Integral, 1),
+        "block_size": _interval(Integral, 1, allow_none=True),
+        "backend": _options(*BACKENDS),
+        "checkpoint": _optional_path,
+        "checkpoint_every": _interval(Integral, 1),
     }
+
+    #: iterations per stage of ``init="sequential"`` (the paper's ~50)
+    sequential_iter = 50
 
     def __init__(self, n_components, *, solver="nearly", max_iter=1000, tol=1e-6,
                  init="random", random_state=None, dtype="float64", verbose=False,
-                 shift=None):
+                 shift=None, smoothness=0.0, sparsity=0.0, spatial=0.0, n_init=1,
+                 patience=1, block_size=None, backend="numpy", checkpoint=None,
+                 checkpoint_every=10):
         self.n_components = n_components
         self.solver = solver
         self.max_iter = max_iter
@@ -226,6 +297,15 @@ class SpectralNMF(_ParamsMixin):
         self.dtype = dtype
         self.verbose = verbose
         self.shift = shift
+        self.smoothness = smoothness
+        self.sparsity = sparsity
+        self.spatial = spatial
+        self.n_init = n_init
+        self.patience = patience
+        self.block_size = block_size
+        self.backend = backend
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
 
     # -- validation ----------------------------------------------------------
     def _validate_params(self):
@@ -246,33 +326,19 @@ class SpectralNMF(_ParamsMixin):
                 f"this {type(self).__name__} instance is not fitted yet; call fit first")
 
     # -- fitting -------------------------------------------------------------
-    def _start(self, X, ivar, templates, coefficients, dt):
-        n, d = X.shape
-        k = self.n_components
-        if templates is not None:
-            templates = V.check_factor(templates, "templates", nrows=k, ncols=d, dtype=dt)
-        if coefficients is not None:
-            coefficients = V.check_factor(coefficients, "coefficients", nrows=n, ncols=k, dtype=dt)
-        if templates is not None and coefficients is not None:
-            return coefficients, templates
-        rng = check_random_state(self.random_state)
-        if self.init == "random":
-            C0, T0 = random_init(X, ivar, k, rng, dt)
-        else:
-            C0, T0 = nndsvd_init(X, ivar, k, rng, dt, fill_zeros=self.init == "nndsvda")
-        if templates is None and coefficients is None:
-            return C0, T0
-        # one factor given: rescale the initialised other one to the data
-        if templates is None:
-            templates = _rescale(T0.T, X.T, ivar.T, coefficients.T).T
-        else:
-            coefficients = _rescale(C0, X, ivar, templates)
-        return coefficients, templates
+    def _penalties(self, ivar_scale, spatial_shape):
+        if not (self.smoothness or self.sparsity or self.spatial):
+            return ()
+        from .penalties import make_penalties
 
-    def _solver_shift(self, X, ivar):
+        return make_penalties(smoothness=self.smoothness, sparsity=self.sparsity,
+                              spatial=self.spatial, spatial_shape=spatial_shape,
+                              ivar_scale=ivar_scale)
+
+    def _solver_shift(self, summary):
         if self.solver != "shift":
             return 0.0
-        y_min = minimal_shift(X, ivar)
+        y_min = max(0.0, -summary.min_observed)
         if self.shift is None:
             return y_min
         if self.shift < y_min:
@@ -280,13 +346,44 @@ class SpectralNMF(_ParamsMixin):
                              f"so that X + shift >= 0; got {self.shift!r}")
         return float(self.shift)
 
-    def fit(self, X, ivar=None, *, templates=None, coefficients=None):
+    def _initial(self, engine, summary, rng, dt, templates=None, coefficients=None):
+        """Start (C, T) as numpy arrays: given factors, or ``init`` for the missing ones."""
+        n, d = engine.n_spectra, engine.n_pixels
+        k = self.n_components
+        if templates is not None and coefficients is not None:
+            return coefficients, templates
+        if self.init == "nndsvd" or self.init == "nndsvda":
+            if not engine.in_memory:
+                raise ValueError(f"init={self.init!r} needs the spectra in memory; use "
+                                 "init='random' or 'sequential' for data streamed from disk")
+            X, ivar = engine._read(slice(0, n))
+            C0, T0 = nndsvd_init(X, ivar, k, rng, dt, fill_zeros=self.init == "nndsvda")
+        else:
+            C0, T0 = random_init(None, None, k, rng, dt, shape=(n, d), scale=summary.data_scale)
+        if templates is None and coefficients is None:
+            return C0, T0
+        if not engine.in_memory:
+            return (C0 if coefficients is None else coefficients,
+                    T0 if templates is None else templates)
+        # one factor given: rescale the initialised other one to the data
+        X, ivar = engine._read(slice(0, n))
+        if templates is None:
+            templates = _rescale(T0.T, X.T, ivar.T, coefficients.T).T
+        else:
+            coefficients = _rescale(C0, X, ivar, templates)
+        return coefficients, templates
+
+    def fit(self, X, ivar=None, *, templates=None, coefficients=None, wavelength=None,
+            spatial_shape=None, resume=False, callback=None):
         """Fit templates and coefficients to the spectra.
 
         Parameters
         ----------
         X : array-like of shape (n_spectra, n_pixels)
             Flux; may be negative.  NaN/inf allowed only where ``ivar == 0``.
+            Arrays on disk (``np.memmap``, h5py/zarr datasets, FITS memmap) are
+            streamed in blocks of ``block_size`` spectra; dask arrays run on
+            the active Dask scheduler.
         ivar : array-like of shape (n_spectra, n_pixels), optional
             Inverse variance, >= 0; 0 marks missing pixels.  ``None``: unit weights.
         templates : array-like of shape (n_components, n_pixels), optional
@@ -295,6 +392,17 @@ class SpectralNMF(_ParamsMixin):
             Start for the coefficients (non-negative).  If only one of the two
             is given, the other is initialised with ``init`` and rescaled by
             weighted least squares to the data.
+        wavelength : array-like of shape (n_pixels,), optional
+            Kept as ``wavelength_`` (for plots and saved models).
+        spatial_shape : tuple (ny, nx), optional
+            Grid of the spectra (row = y * nx + x) for the ``spatial`` penalty.
+        resume : bool, default=False
+            Continue from ``checkpoint`` if that file exists (it must match the
+            data's shape and the settings).
+        callback : callable, optional
+            ``callback(iteration, coefficients, templates, terms)`` after each
+            iteration; ``terms`` maps "chi2" and each penalty to its value.
+            Returning True stops the fit.
 
         Returns
         -------
@@ -302,58 +410,286 @@ class SpectralNMF(_ParamsMixin):
         """
         self._validate_params()
         dt = V.check_dtype(self.dtype)
-        X, ivar = V.check_spectra(X, ivar, dtype=dt)
-        n, d = X.shape
+        xp, device = resolve_backend(self.backend)
+        engine = make_engine(X, ivar, block_size=self.block_size, dtype=dt, xp=xp, device=device)
+        n, d = engine.n_spectra, engine.n_pixels
         V.check_n_components(self.n_components, n, d)
-        empty_spectra, empty_pixels = V.warn_missing(ivar)
-        shift = self._solver_shift(X, ivar)
-        C, T = self._start(X, ivar, templates, coefficients, dt)
+        k = self.n_components
+        if wavelength is not None:
+            wavelength = np.asarray(wavelength, dtype=np.float64)
+            if wavelength.shape != (d,):
+                raise ValueError(f"wavelength must have shape ({d},) (one per pixel); "
+                                 f"got {wavelength.shape}")
+        if spatial_shape is not None:
+            spatial_shape = _check_spatial_shape(spatial_shape, n)
+        if templates is not None:
+            templates = V.check_factor(templates, "templates", nrows=k, ncols=d, dtype=dt)
+        if coefficients is not None:
+            coefficients = V.check_factor(coefficients, "coefficients", nrows=n, ncols=k, dtype=dt)
+        if self.n_init > 1 and templates is not None and coefficients is not None:
+            raise ValueError("n_init > 1 needs random starts; got both templates and coefficients")
+        if self.checkpoint is not None and self.n_init > 1:
+            raise ValueError("checkpoint needs n_init=1 (one fit to continue)")
 
-        xp = get_namespace(X)
-        solver = SOLVERS[self.solver](xp, shift=shift)
-        blocks = [(slice(None), solver.prepare_block(X, ivar))]
-        result = run(solver, lambda: blocks, C, T, max_iter=self.max_iter, tol=self.tol,
-                     xp=xp, verbose=self.verbose)
-        C, T = np.asarray(result.coefficients), np.asarray(result.templates)
-        # entries no data constrain: defined as 0 (the solvers leave 1e-6 there)
+        summary = engine.scan()
+        empty_spectra, empty_pixels = V.warn_empty(summary.empty_spectra, summary.empty_pixels)
+        shift = self._solver_shift(summary)
+        penalties = self._penalties(summary.ivar_scale, spatial_shape)
+        for p in penalties:
+            p.check(self.solver, n, d, in_memory=engine.in_memory)
+        if any(getattr(p, "needs_all_coefficients", False) for p in penalties):
+            engine.block_rows = n  # neighbours must be read as they are updated
+
+        def to_xp(a):
+            return a if is_numpy_namespace(xp) else asarray(a, xp, dtype=dt, device=device)
+
+        def solve(C, T, max_iter, tol, **kw):
+            solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties)
+            return run(solver, engine, to_xp(C), to_xp(T), max_iter=max_iter, tol=tol,
+                       patience=self.patience, penalties=penalties, xp=xp,
+                       verbose=self.verbose, **kw)
+
+        resumed = self._resume_state(n, d) if resume else None
+        if resumed is not None:
+            result = solve(resumed["C"], resumed["T"], self.max_iter, self.tol,
+                           callback=callback, checkpoint=self._checkpointer(n, d),
+                           start_iter=resumed["iteration"], history=resumed["history"],
+                           solver_state=resumed["state"])
+        else:
+            rng = check_random_state(self.random_state)
+            best = None
+            for _ in range(self.n_init):
+                if self.init == "sequential" and (templates is None or coefficients is None):
+                    C, T, stopped = self._sequential_start(engine, summary, rng, dt, solve)
+                    if stopped is not None:
+                        best = stopped
+                        break
+                else:
+                    C, T = self._initial(engine, summary, rng, dt, templates, coefficients)
+                result = solve(C, T, self.max_iter, self.tol, callback=callback,
+                               checkpoint=self._checkpointer(n, d))
+                if best is None or result.objective[-1] < best.objective[-1]:
+                    best = result
+                if result.interrupted:
+                    break
+            result = best
+
+        C, T = to_numpy(result.coefficients), to_numpy(result.templates)
+        C = np.array(C, dtype=dt, copy=True)
+        T = np.array(T, dtype=dt, copy=True)
+        # entries no data constrain: defined as 0 (multiplicative solvers leave 1e-6 there)
         C[empty_spectra, :] = 0
         T[:, empty_pixels] = 0
 
         self.templates_ = T
         self.coefficients_ = C
-        self.chi2_ = np.asarray(result.history["chi2"], dtype=np.float64)
+        self.history_ = {key: np.asarray(v, dtype=np.float64) for key, v in result.history.items()}
+        self.chi2_ = self.history_["chi2"]
         self.objective_ = np.asarray(result.objective, dtype=np.float64)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+        self.interrupted_ = result.interrupted
         self.shift_ = shift
+        self.ivar_scale_ = float(summary.ivar_scale)
         self.n_features_in_ = d
+        self.wavelength_ = wavelength
+        self.spatial_shape_ = spatial_shape
+        if result.interrupted:
+            logger.warning("fit interrupted by the user after %d iterations; the model holds "
+                           "the last complete iterate (interrupted_=True)", result.n_iter)
         return self
 
-    def fit_transform(self, X, ivar=None, *, templates=None, coefficients=None):
-        """Fit and return the coefficients of the training spectra, ``coefficients_``."""
-        return self.fit(X, ivar, templates=templates, coefficients=coefficients).coefficients_
+    def _sequential_start(self, engine, summary, rng, dt, solve):
+        """The paper's sequential build: add one flat template at a time, train all.
 
-    def transform(self, X, ivar=None):
+        Returns ``(C, T, None)``, or ``(None, None, result)`` if interrupted.
+        """
+        n, d = engine.n_spectra, engine.n_pixels
+        scale = summary.data_scale
+        C = np.empty((n, 0), dtype=dt)
+        T = np.empty((0, d), dtype=dt)
+        for k in range(1, self.n_components + 1):
+            flat = np.full((1, d), np.sqrt(scale), dtype=dt)
+            new_coef = rng.uniform(0.0, 2.0, size=(n, 1)).astype(dt) * np.sqrt(scale) / k
+            C = np.concatenate([C, new_coef], axis=1)
+            T = np.concatenate([T, flat], axis=0)
+            result = solve(C, T, self.sequential_iter, 0.0)
+            if result.interrupted:
+                return None, None, result
+            C, T = to_numpy(result.coefficients), to_numpy(result.templates)
+        return C, T, None
+
+    # -- checkpoints --------------------------------------------------------------
+    def _fingerprint(self, n, d):
+        from .checkpoint import fingerprint
+
+        params = {key: value for key, value in self.get_params().items()
+                  if key not in ("max_iter", "tol", "patience", "verbose", "checkpoint",
+                                 "checkpoint_every", "block_size")}
+        params["random_state"] = repr(params["random_state"])
+        return fingerprint(n, d, params)
+
+    def _checkpointer(self, n, d):
+        if self.checkpoint is None:
+            return None
+        from .checkpoint import save_checkpoint
+
+        path, every, fp = self.checkpoint, self.checkpoint_every, self._fingerprint(n, d)
+
+        def write(it, C, T, history, state):
+            if it % every:
+                return
+            arrays = {"C": to_numpy(C), "T": to_numpy(T)}
+            arrays.update({f"history_{key}": np.asarray(v, dtype=np.float64)
+                           for key, v in history.items()})
+            scalars = {}
+            for key, value in state.items():
+                if value is None:
+                    continue
+                if np.isscalar(value):
+                    scalars[key] = float(value)
+                else:
+                    arrays[f"state_{key}"] = to_numpy(value)
+            save_checkpoint(path, arrays, {"iteration": it, "fingerprint": fp,
+                                           "history_keys": list(history), "scalars": scalars})
+        return write
+
+    def _resume_state(self, n, d):
+        import os
+
+        if self.checkpoint is None:
+            raise ValueError("resume=True needs the checkpoint parameter (a path)")
+        if not os.path.exists(self.checkpoint):
+            logger.info("no checkpoint at %s; starting a new fit", self.checkpoint)
+            return None
+        from .checkpoint import load_checkpoint
+
+        arrays, meta = load_checkpoint(self.checkpoint)
+        fp = self._fingerprint(n, d)
+        if meta.get("fingerprint") != fp:
+            raise ValueError(
+                f"checkpoint {self.checkpoint} was written for other data or settings "
+                f"(its shape/parameters do not match these: {n} spectra x {d} pixels, "
+                f"{self.get_params()}); delete it or fit with resume=False")
+        history = {key: list(arrays[f"history_{key}"]) for key in meta["history_keys"]}
+        state = dict(meta.get("scalars", {}))
+        state.update({key[len("state_"):]: value for key, value in arrays.items()
+                      if key.startswith("state_")})
+        logger.info("resuming from %s at iteration %d", self.checkpoint, meta["iteration"])
+        return {"C": arrays["C"], "T": arrays["T"], "iteration": int(meta["iteration"]),
+                "history": history, "state": state}
+
+    # -- using a fitted model ----------------------------------------------------------
+    def fit_transform(self, X, ivar=None, **fit_params):
+        """Fit and return the coefficients of the training spectra, ``coefficients_``."""
+        return self.fit(X, ivar, **fit_params).coefficients_
+
+    def transform(self, X, ivar=None, *, return_uncertainty=False, return_covariance=False,
+                  spatial_shape=None):
         """Coefficients of (new) spectra with the templates fixed.
 
-        The exact weighted non-negative least-squares solution per spectrum:
-        ``argmin_{c >= 0} sum_j ivar_j (x_j - c @ templates_[:, j])^2``.
+        The exact minimiser over non-negative coefficients of chi^2 plus the
+        model's penalties that act on coefficients (weighted NNLS per
+        spectrum; a ``spatial`` penalty couples neighbouring spectra and is
+        solved by red-black sweeps to convergence).
 
         Parameters
         ----------
         X, ivar : array-like of shape (n_spectra, n_pixels)
-            As in :meth:`fit`; ``n_pixels`` must equal ``n_features_in_``.
+            As in :meth:`fit` (arrays on disk are streamed); ``n_pixels`` must
+            equal ``n_features_in_``.
+        return_uncertainty : bool, default=False
+            Also return 1-sigma errors of the coefficients.
+        return_covariance : bool, default=False
+            Also return their covariance matrices, of shape (n_spectra, k, k).
+        spatial_shape : tuple (ny, nx), optional
+            Grid of the new spectra, for a model fitted with ``spatial > 0``.
 
         Returns
         -------
-        ndarray of shape (n_spectra, n_components)
+        coefficients : ndarray of shape (n_spectra, n_components)
+        sigma : ndarray of shape (n_spectra, n_components)
+            If ``return_uncertainty``.
+        covariance : ndarray of shape (n_spectra, n_components, n_components)
+            If ``return_covariance``.
+
+        Notes
+        -----
+        Uncertainties come from the weighted Fisher matrix at the solution,
+        ``F_i = T diag(ivar_i) T^T`` (plus the penalties' curvature, a Gaussian
+        prior), as ``cov = F^-1``: the full inverse, i.e. the error each
+        coefficient would have without the bound, for coefficients at 0 too
+        (see :func:`specnmf.solvers.nnls.nnls_covariance`).  Singular F (a
+        template with no weight in a spectrum) uses the pseudo-inverse.
         """
+        from .solvers.nnls import nnls_covariance, nnls_gram
+
         self._check_fitted()
-        X, ivar = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} pixels but the model was fitted with "
+        dt = self.templates_.dtype
+        engine = make_engine(X, ivar, block_size=self.block_size, dtype=dt)
+        if engine.n_pixels != self.n_features_in_:
+            raise ValueError(f"X has {engine.n_pixels} pixels but the model was fitted with "
                              f"{self.n_features_in_}")
-        return weighted_nnls(X, ivar, self.templates_)
+        n, k = engine.n_spectra, self.templates_.shape[0]
+        if spatial_shape is not None:
+            spatial_shape = _check_spatial_shape(spatial_shape, n)
+        if self.spatial > 0 and spatial_shape is None:
+            raise ValueError("this model has spatial > 0: pass spatial_shape=(ny, nx) of the new "
+                             "spectra to transform")
+        penalties = [p for p in self._penalties(getattr(self, "ivar_scale_", 1.0), spatial_shape)
+                     if p.acts_on_coefficients]
+        T = self.templates_
+        Tx = T.astype(np.float64)
+        C = np.zeros((n, k), dtype=np.float64)
+        sigma = np.zeros((n, k)) if return_uncertainty else None
+        cov = np.zeros((n, k, k)) if return_covariance else None
+        coupled = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
+        if coupled:
+            engine.block_rows = n
+        for rows, Xb, ib in engine.blocks():
+            Xb = Xb.astype(np.float64, copy=False)
+            ib = ib.astype(np.float64, copy=False)
+            G = gram.unpack(gram.row_grams(ib, Tx, np), k, np)
+            a = (ib * Xb) @ Tx.T
+            Cb = nnls_gram(G, a)
+            for _ in range(200 if penalties else 0):
+                before = Cb
+                Cb, Gq = self._penalised_rows(penalties, G, a, Cb, Tx, rows)
+                change = np.max(np.abs(Cb - before)) if Cb.size else 0.0
+                if not coupled or change <= 1e-10 * max(1e-300, float(np.max(np.abs(Cb)))):
+                    break
+            else:
+                Gq = G
+            C[rows] = Cb
+            if sigma is not None or cov is not None:
+                cb = nnls_covariance(Gq, Cb)
+                if cov is not None:
+                    cov[rows] = cb
+                if sigma is not None:
+                    sigma[rows] = np.sqrt(np.clip(np.diagonal(cb, axis1=1, axis2=2), 0, None))
+        out = (C.astype(dt, copy=False),)
+        if return_uncertainty:
+            out += (sigma.astype(dt, copy=False),)
+        if return_covariance:
+            out += (cov.astype(dt, copy=False),)
+        return out[0] if len(out) == 1 else out
+
+    @staticmethod
+    def _penalised_rows(penalties, G, a, C, T, rows):
+        """One exact (red-black) sweep of the penalised per-spectrum NNLS."""
+        from .solvers.anls import ANLS
+        from .solvers.nnls import nnls_gram
+
+        solver = ANLS(np, penalties=penalties)
+        masks = solver._coef_colours(C.shape[0], C)
+        Gq = G
+        for mask in masks:
+            diag, lin = solver._coef_quadratic(C, T, slice(None) if mask is not None else rows, C)
+            Gq = G if diag is None else gram.add_diagonal(G, diag, np)
+            b = a if lin is None else a + lin
+            F = nnls_gram(Gq, b, x0=C)
+            C = F if mask is None else np.where(mask[:, None], F, C)
+        return C, Gq
 
     def inverse_transform(self, coefficients):
         """Model spectra ``coefficients @ templates_``, of shape (n_spectra, n_pixels)."""
@@ -362,11 +698,106 @@ class SpectralNMF(_ParamsMixin):
                            dtype=self.templates_.dtype, allow_negative=True)
         return C @ self.templates_
 
+    def component_reconstructions(self, coefficients=None):
+        """Each component's contribution ``C[:, k, None] * T[k]``.
+
+        Returns an array of shape (n_components, n_spectra, n_pixels) whose sum
+        over the first axis is :meth:`inverse_transform`.
+        """
+        self._check_fitted()
+        C = self.coefficients_ if coefficients is None else V.check_factor(
+            coefficients, "coefficients", ncols=self.templates_.shape[0],
+            dtype=self.templates_.dtype)
+        return C.T[:, :, None] * self.templates_[:, None, :]
+
+    def residuals(self, X, ivar=None, *, coefficients=None, normalized=False):
+        """Data minus model, ``X - C T``, of shape (n_spectra, n_pixels).
+
+        ``coefficients`` default to :meth:`transform` of ``X``.  With
+        ``normalized=True`` the residuals are scaled by ``sqrt(ivar)`` (pulls;
+        0 where missing).  Missing pixels (``ivar == 0``) are 0.
+        """
+        self._check_fitted()
+        if coefficients is None:
+            coefficients = self.transform(X, ivar)
+        Xv, iv = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
+        r = np.where(iv > 0, Xv - self.inverse_transform(coefficients), 0)
+        return r * np.sqrt(iv) if normalized else r
+
     def score(self, X, ivar=None):
         """Negative chi^2 of the spectra after :meth:`transform` (higher is better)."""
         C = self.transform(X, ivar)
         X, ivar = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
         return -_chi2(X, ivar, C, self.templates_, np)
+
+    def summary(self) -> str:
+        """A readable account of the settings and, if fitted, the fit."""
+        lines = [repr(self)]
+        if hasattr(self, "templates_"):
+            k, d = self.templates_.shape
+            lines.append(f"  templates: {k} x {d} pixels"
+                         + ("" if getattr(self, "wavelength_", None) is None else
+                            f", wavelength {self.wavelength_[0]:.6g}..{self.wavelength_[-1]:.6g}"))
+            if getattr(self, "chi2_", None) is not None and len(self.chi2_):
+                n = self.coefficients_.shape[0]
+                lines.append(f"  trained on {n} spectra; {self.n_iter_} iterations, "
+                             f"{'converged' if self.converged_ else 'not converged'}"
+                             + (", interrupted" if getattr(self, "interrupted_", False) else ""))
+                lines.append(f"  chi2: {self.chi2_[0]:.6g} -> {self.chi2_[-1]:.6g}")
+                for key, values in getattr(self, "history_", {}).items():
+                    if key != "chi2":
+                        lines.append(f"  {key} penalty: {values[-1]:.6g}")
+        else:
+            lines.append("  (not fitted)")
+        return "\n".join(lines)
+
+    # -- persistence -------------------------------------------------------------------
+    def save(self, path, *, overwrite=False):
+        """Save the fitted model as FITS (``.fits``) or npz (``.npz``); never pickle."""
+        from .io import save_model
+
+        self._check_fitted()
+        return save_model(self, path, overwrite=overwrite)
+
+    @classmethod
+    def from_templates(cls, templates, wavelength=None, **params):
+        """A ready-to-use model from templates made elsewhere.
+
+        ``transform``, ``inverse_transform``, ``save`` and the plots work;
+        there is no training history.  ``params`` are constructor parameters.
+        """
+        T = V.check_factor(templates, "templates", dtype=V.check_dtype(params.get("dtype", "float64")))
+        model = cls(T.shape[0], **params)
+        model._validate_params()
+        if wavelength is not None:
+            wavelength = np.asarray(wavelength, dtype=np.float64)
+            if wavelength.shape != (T.shape[1],):
+                raise ValueError(f"wavelength must have shape ({T.shape[1]},); got {wavelength.shape}")
+        model.templates_ = T
+        model.coefficients_ = np.zeros((0, T.shape[0]), dtype=T.dtype)
+        model.chi2_ = np.zeros(0)
+        model.objective_ = np.zeros(0)
+        model.history_ = {"chi2": model.chi2_}
+        model.n_iter_ = 0
+        model.converged_ = False
+        model.interrupted_ = False
+        model.shift_ = 0.0
+        model.ivar_scale_ = 1.0
+        model.n_features_in_ = T.shape[1]
+        model.wavelength_ = wavelength
+        model.spatial_shape_ = None
+        return model
+
+
+def _check_spatial_shape(shape, n):
+    try:
+        ny, nx = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"spatial_shape must be a pair (ny, nx); got {shape!r}") from None
+    if ny < 1 or nx < 1 or ny * nx != n:
+        raise ValueError(f"spatial_shape {tuple(shape)} must have ny * nx equal to the number of "
+                         f"spectra ({n})")
+    return (ny, nx)
 
 
 def _rescale(C0, X, ivar, T):

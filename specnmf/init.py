@@ -40,15 +40,16 @@ def _data_scale(X, ivar) -> float:
     return mean if mean > 0 else 1.0
 
 
-def random_init(X, ivar, n_components, rng, dtype=np.float64):
+def random_init(X, ivar, n_components, rng, dtype=np.float64, *, shape=None, scale=None):
     """Uniform random coefficients and templates with ``C @ T`` at the data's scale.
 
     Entries are ``a * U(0, 2)`` with ``a = sqrt(mean / n_components)``, so the
     mean of the model matches the weighted mean flux.  The published code used
-    ``U(0, 2)`` without the scale.
+    ``U(0, 2)`` without the scale.  For data not in memory pass ``X=ivar=None``
+    with ``shape=(n_spectra, n_pixels)`` and the ``scale`` from one pass.
     """
-    n, d = X.shape
-    a = np.sqrt(_data_scale(X, ivar) / n_components)
+    n, d = X.shape if shape is None else shape
+    a = np.sqrt((_data_scale(X, ivar) if scale is None else scale) / n_components)
     C = a * rng.uniform(0.0, 2.0, size=(n, n_components))
     T = a * rng.uniform(0.0, 2.0, size=(n_components, d))
     return C.astype(dtype), T.astype(dtype)
