@@ -35,7 +35,7 @@ _FIT_OPTIONS = [
     (("--max-iter",), "max_iter", int, "maximum number of iterations (default: 1000)"),
     (("--tol",), "tol", float, "stop when the relative objective decrease is below TOL "
                                "(default: 1e-6; 0 runs max-iter iterations)"),
-    (("--init",), "init", str, "start: random, nndsvd, nndsvda (default: random)"),
+    (("--init",), "init", str, "start: random, nndsvd, nndsvda, sequential (default: random)"),
     (("--smoothness",), "smoothness", float, "strength of the template smoothness penalty"),
     (("--sparsity",), "sparsity", float, "strength of the coefficient sparsity penalty"),
     (("--dtype",), "dtype", str, "working precision: float64 or float32"),
@@ -59,7 +59,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
-    pass
+    """Keeps the examples' line breaks; descriptions are wrapped by :func:`_wrap`."""
 
 
 # ---------------------------------------------------------------------------
@@ -222,12 +222,14 @@ def _check_output(path, overwrite):
         raise UsageError(f"cannot write {path}: directory {parent} does not exist")
 
 
-def _read(path, hdu=None):
+def _read(path, hdu=None, memmap=False):
     from .io import read_spectra
 
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
-    spectra = read_spectra(path, hdu=hdu)
+    if isinstance(hdu, str) and hdu.isdigit():
+        hdu = int(hdu)  # an HDU number; HDF5 group names are never all digits here
+    spectra = read_spectra(path, hdu=hdu, memmap=memmap)
     logger.info("read %d spectra x %d pixels from %s", *spectra.shape, path)
     return spectra
 
@@ -303,7 +305,10 @@ def _fit_summary(model, X, ivar):
         f"iterations:       {model.n_iter_} ({'converged' if model.converged_ else 'not converged'})",
         f"chi2 start / end: {chi[0]:.6g} / {chi[-1]:.6g}",
     ]
-    if hasattr(model, "coefficients_"):
+    from .engine import is_lazy
+
+    # a streamed fit's data may not fit in memory: no second full pass for this
+    if hasattr(model, "coefficients_") and not (is_lazy(X) or is_lazy(ivar)):
         lines.append(f"reduced chi2:     {reduced_chi2(X, ivar, model.coefficients_, model.templates_):.4f}")
     return lines
 
@@ -313,7 +318,7 @@ def _fit_summary(model, X, ivar):
 # ---------------------------------------------------------------------------
 def cmd_fit(args):
     _check_output(args.output, args.overwrite)
-    spectra = _read(args.input, args.hdu)
+    spectra = _read(args.input, args.hdu, memmap=args.memmap)
     params = _estimator_params(args)
     if args.verbose and "verbose" in _accepted_params():
         params["verbose"] = True
@@ -632,8 +637,13 @@ def _fit_options(parser, *, with_k=True):
         if name == "n_components" and not with_k:
             continue
         required = name == "n_components"
+        metavar = "K" if name == "n_components" else name.upper()
         g.add_argument(*flags, dest=name, type=typ, default=None, help=help_, required=required,
-                       metavar=name.upper().replace("_", "-") if typ is not str else name.upper())
+                       metavar=metavar)
+
+
+def _wrap(text):
+    return textwrap.fill(" ".join(text.split()), width=78)
 
 
 def _example(text):
@@ -646,7 +656,7 @@ def build_parser():
 
     parser = _Parser(
         prog="specnmf",
-        description="Non-negative templates from noisy, weighted, masked, signed spectra.",
+        description=_wrap("Non-negative templates from noisy, weighted, masked, signed spectra."),
         epilog=_example("""
             specnmf demo -o specnmf_demo_output
             specnmf fit spectra.fits -k 5 -o model.fits
@@ -658,22 +668,25 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("fit", help="fit templates to spectra and save the model",
-                       description="Fit non-negative templates to the spectra in INPUT "
-                                   "(FITS, npz, npy, HDF5) and save the model (FITS or npz).",
+                       description=_wrap("Fit non-negative templates to the spectra in INPUT "
+                                   "(FITS, npz, npy, HDF5) and save the model (FITS or npz)."),
                        epilog=_example("specnmf fit spectra.fits -k 5 --solver anls -o model.fits"),
                        formatter_class=_Formatter)
     p.add_argument("input", help="spectra file: FITS (FLUX/IVAR/MASK/WAVELENGTH), .npz, .npy, .h5")
     p.add_argument("-o", "--output", required=True, help="model file to write (.fits or .npz)")
     p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--memmap", action="store_true",
+                   help="stream the spectra from disk instead of loading them (FITS images, "
+                        ".npy, HDF5; see --block-size)")
     _fit_options(p)
     _common(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("transform", help="coefficients of spectra with a saved model's templates",
-                       description="Fit coefficients (templates fixed) of the spectra in INPUT "
+                       description=_wrap("Fit coefficients (templates fixed) of the spectra in INPUT "
                                    "and write them (.fits, .npz, .npy or .csv) with each "
-                                   "spectrum's chi^2.",
+                                   "spectrum's chi^2."),
                        epilog=_example("specnmf transform model.fits new.fits -o coeffs.fits "
                                        "--uncertainty"),
                        formatter_class=_Formatter)
@@ -688,7 +701,7 @@ def build_parser():
     p.set_defaults(func=cmd_transform)
 
     p = sub.add_parser("plot", help="plot a saved model's templates to an image",
-                       description="Plot the templates of a saved model (needs matplotlib).",
+                       description=_wrap("Plot the templates of a saved model (needs matplotlib)."),
                        epilog=_example("specnmf plot model.fits -o templates.png"),
                        formatter_class=_Formatter)
     p.add_argument("model", help="model file")
@@ -699,17 +712,17 @@ def build_parser():
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("info", help="summarise a saved model",
-                       description="Print a saved model's settings, shapes, iterations and chi^2.",
+                       description=_wrap("Print a saved model's settings, shapes, iterations and chi^2."),
                        epilog=_example("specnmf info model.fits"), formatter_class=_Formatter)
     p.add_argument("model", help="model file")
     _common(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("cv", help="choose the number of templates by held-out chi^2",
-                       description="Hold out a random fraction of the observed pixels, fit each "
+                       description=_wrap("Hold out a random fraction of the observed pixels, fit each "
                                    "candidate number of templates to the rest and print the "
                                    "held-out chi^2 per candidate and the selected one (the "
-                                   "smallest within one standard error of the minimum).",
+                                   "smallest within one standard error of the minimum)."),
                        epilog=_example("specnmf cv spectra.fits --candidates 1-8 --max-iter 500"),
                        formatter_class=_Formatter)
     p.add_argument("input", help="spectra file")
@@ -726,9 +739,9 @@ def build_parser():
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("demo", help="fit the paper's doublet: summary, model and plot",
-                       description="Fit two Nearly-NMF templates to the Nearly-NMF paper's toy "
+                       description=_wrap("Fit two Nearly-NMF templates to the Nearly-NMF paper's toy "
                                    "doublet (bundled with specnmf), print a summary, and write "
-                                   "DIR/doublet_model.fits and DIR/doublet_templates.png.",
+                                   "DIR/doublet_model.fits and DIR/doublet_templates.png."),
                        epilog=_example("specnmf demo -o specnmf_demo_output"),
                        formatter_class=_Formatter)
     p.add_argument("-o", "--output", default="specnmf_demo_output", metavar="DIR",

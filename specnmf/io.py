@@ -290,6 +290,11 @@ def _read_fits(path, hdu, lazy):
         names = {h.name.upper(): h for h in hdul}
         get = lambda name: names[name].data if name in names and names[name] is not chosen else None  # noqa: E731
         ivar, mask, wave = get("IVAR"), get("MASK"), get("WAVELENGTH")
+        if lazy:
+            # astropy hands out plain ndarrays over its memory map; typing them as
+            # np.memmap tells the fitting engine to stream them block by block
+            flux, ivar, mask = (a.view(np.memmap) if isinstance(a, np.ndarray) else a
+                                for a in (flux, ivar, mask))
         meta = _header_dict(primary, chosen.header if chosen is not hdul[0] else None)
         spectra = _assemble(path, flux, ivar, mask, wave, meta, lazy)
     finally:

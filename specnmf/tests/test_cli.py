@@ -114,6 +114,19 @@ def test_fit_to_npz_and_transform_to_csv(tmp_path, spectra_file, capsys):
     assert open(csv).readline().strip() == "c0,c1,chi2"
 
 
+@pytest.mark.parametrize("name", ["s.fits", "s.h5"])
+def test_fit_streamed_from_disk_matches_the_in_memory_fit(tmp_path, capsys, name):
+    if name.endswith("h5"):
+        pytest.importorskip("h5py")
+    X, ivar, _ = make_toy(n=40, d=16, k=2, seed=12)
+    sio.write_spectra(tmp_path / name, X, ivar)
+    common = ["-k", 2, "--max-iter", 30, "--tol", 0, "--random-state", 1, "--block-size", 8, "-q"]
+    assert run(capsys, "fit", tmp_path / name, "--memmap", "-o", tmp_path / "a.npz", *common)[0] == 0
+    assert run(capsys, "fit", tmp_path / name, "-o", tmp_path / "b.npz", *common)[0] == 0
+    a, b = (specnmf.io.load_model(tmp_path / f) for f in ("a.npz", "b.npz"))
+    assert np.allclose(a.templates_, b.templates_, rtol=1e-10, atol=1e-12)
+
+
 def test_transform_with_uncertainty(tmp_path, spectra_file, capsys):
     import inspect
 

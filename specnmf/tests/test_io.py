@@ -150,6 +150,8 @@ def test_memmap_gives_lazy_arrays_with_the_same_values(tmp_path, arrays, name):
         sio.write_spectra(tmp_path / name, flux, ivar, wavelength, mask)
     s = sio.read_spectra(tmp_path / name, memmap=True)
     assert not (type(s.flux) is np.ndarray and s.flux.base is None)  # not a loaded copy
+    engine = pytest.importorskip("specnmf.engine")
+    assert engine.is_lazy(s.flux)  # what makes SpectralNMF.fit stream instead of load
     assert s.ivar.shape == flux.shape
     assert np.array_equal(np.asarray(s.flux[1:4]), flux[1:4])
     assert np.array_equal(np.asarray(s.ivar[1:5]), _expected_ivar(ivar, mask)[1:5])
