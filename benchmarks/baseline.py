@@ -68,7 +68,7 @@ def _copies(X_paper, V_paper, W, H):
     return X, V, W, H
 
 
-def nearly_baseline(X_paper, V_paper, W, H, n_iter):
+def nearly_baseline(X_paper, V_paper, W, H, n_iter, callback=None):
     r"""Nearly-NMF, eqs. (18)-(19), in the published code's structure.
 
     .. math::
@@ -89,6 +89,9 @@ def nearly_baseline(X_paper, V_paper, W, H, n_iter):
         Start of the coefficients (copied, not modified).
     n_iter : int
         Number of iterations, each an ``H`` update followed by a ``W`` update.
+    callback : callable, optional
+        ``callback(iteration)`` after each iteration (1-based); the benchmarks
+        use it to time single iterations.  Not in the published code.
 
     Returns
     -------
@@ -97,17 +100,19 @@ def nearly_baseline(X_paper, V_paper, W, H, n_iter):
     """
     X, V, W, H = _copies(X_paper, V_paper, W, H)
     V_X = V * X
-    for _ in range(int(n_iter)):
+    for it in range(int(n_iter)):
         W_VX = W.T @ V_X
         H = _ratio_update(H, _positive_part(W_VX),
                           W.T @ (V * (W @ H)) + _negative_part(W_VX))
         V_XH = V_X @ H.T
         W = _ratio_update(W, _positive_part(V_XH),
                           (V * (W @ H)) @ H.T + _negative_part(V_XH))
+        if callback is not None:
+            callback(it + 1)
     return W, H
 
 
-def shift_baseline(X_paper, V_paper, W, H, n_iter, shift=None):
+def shift_baseline(X_paper, V_paper, W, H, n_iter, shift=None, callback=None):
     r"""Shift-NMF, eqs. (7)-(8), in the published code's structure.
 
     The data are shifted to ``X + y >= 0`` and the model to ``W H + y``:
@@ -125,6 +130,8 @@ def shift_baseline(X_paper, V_paper, W, H, n_iter, shift=None):
     shift : float or None, default=None
         The shift ``y >= 0``.  ``None`` uses the published rule, ``y = -min(X)``
         over *all* entries when that is positive, else 0.
+    callback : callable, optional
+        As in :func:`nearly_baseline`.
 
     Returns
     -------
@@ -139,7 +146,9 @@ def shift_baseline(X_paper, V_paper, W, H, n_iter, shift=None):
         if not y >= 0:
             raise ValueError(f"shift must be >= 0; got {shift!r}")
     V_X = V * (X + y)
-    for _ in range(int(n_iter)):
+    for it in range(int(n_iter)):
         H = _ratio_update(H, W.T @ V_X, W.T @ (V * (W @ H + y)))
         W = _ratio_update(W, V_X @ H.T, (V * (W @ H + y)) @ H.T)
+        if callback is not None:
+            callback(it + 1)
     return W, H

@@ -11,20 +11,25 @@ one run, on the same simulated data and from the same start):
 ``periter``
     Time per iteration of ``SpectralNMF(solver="nearly")`` and of
     :func:`benchmarks.baseline.nearly_baseline` at d=5700, n=2000, q=5, in
-    float64 and float32, with 1 and 2 BLAS threads.  Both are timed the same
-    way: the wall time of a call with ``m2`` iterations minus that with
-    ``m1``, over ``m2 - m1``, so setup cost (validation, copies, ``V*X``)
-    cancels; the median over repeats is reported.  Also the largest
-    difference of the iterates after 10 iterations, relative to the largest
-    entry of each factor.
+    float64 and float32, with 1 and 2 BLAS threads
+    (``threadpoolctl.threadpool_limits``).  Both are timed the same way: the
+    median wall time between consecutive per-iteration callbacks (the paper's
+    statistic; ``fit(callback=...)`` of the public estimator), or, for an
+    estimator without a callback, the wall time of a run of ``m2`` iterations
+    minus one of ``m1``, over ``m2 - m1``, so setup cost cancels.  specnmf's
+    time includes its chi^2 evaluation (it is fused into the next pass over
+    the data); the baseline computes no chi^2.  Also the largest difference
+    of the iterates after 10 iterations, relative to the largest entry of
+    each factor.
 ``target``
-    The baseline runs 1000 iterations (n=750, d=5700, q=5); its chi^2
-    (:func:`specnmf.chi2`) is the target.  Each specnmf solver then runs with
-    ``tol=0`` and its ``chi2_`` history gives the first iteration ``k`` that
-    reaches the target; its time-to-target is the wall time of
-    ``fit(max_iter=k)`` (timed directly when that is cheap, else interpolated
-    linearly between ``fit(max_iter=0)`` and the capped run, which is exact
-    up to timing noise since every iteration costs the same).
+    The baseline runs 1000 iterations (n=750, d=5700, q=5, one thread); its
+    chi^2 (:func:`specnmf.chi2`) is the target.  Each specnmf solver then
+    runs with ``tol=0`` and a callback that stops it at the first iterate
+    whose chi^2 reaches the target; its time-to-target is the wall time from
+    the ``fit`` call (validation and setup included) to that callback.  (As
+    specnmf learns the chi^2 of iterate k during pass k+1, this counts one
+    pass more than needed.)  Without a callback, the ``chi2_`` history of a
+    capped run gives the iteration k, timed as ``fit(max_iter=k)``.
 ``transform``
     ``SpectralNMF.transform`` (batched weighted NNLS) against a Python loop
     over :func:`scipy.optimize.nnls` on the same weighted problems,
@@ -75,34 +80,36 @@ def make_config(quick=False, smoke=False):
     cfg = {
         "quick": quick,
         "periter": {"n": 2000, "d": 5700, "q": 5, "dtypes": ["float64", "float32"],
-                    "threads": [1, 2], "m1": 2, "m2": 12, "repeats": 3, "check_iter": 10},
+                    "threads": [1, 2], "iters": 40, "m1": 2, "m2": 12, "repeats": 3,
+                    "check_iter": 10},
         "target": {"n": 750, "d": 5700, "q": 5, "baseline_iter": 1000, "threads": 1,
                    "solvers": list(TARGET_SOLVERS),
                    # iteration caps; Nearly-NMF follows the baseline's path and
                    # needs about baseline_iter, the others should need far fewer
-                   "cap": {"nearly": 1100, "default": 400},
+                   "cap": {"nearly": [1100], "default": [50, 300]},
                    "direct_seconds": 30.0},
         "transform": {"n": 5000, "d": 3000, "q": 5, "repeats": 3, "loop_repeats": 1},
         "sweep": {"n": [int(v) for v in np.geomspace(50, 2000, 5).round()],
                   "d": [11400 // 2**i for i in range(5)],
                   "q": list(range(1, 11)),
                   "fixed": {"n": 750, "d": 5700, "q": 5},
-                  "m1": 2, "m2": 12, "repeats": 3},
+                  "iters": 20, "m1": 2, "m2": 12, "repeats": 3},
     }
     if quick:
-        cfg["periter"].update(m1=1, m2=5, repeats=1)
-        cfg["target"].update(baseline_iter=200, cap={"nearly": 240, "default": 100},
+        cfg["periter"].update(iters=8, m1=1, m2=5, repeats=1)
+        cfg["target"].update(baseline_iter=100, cap={"nearly": [120], "default": [30, 100]},
                              direct_seconds=10.0)
         cfg["transform"].update(repeats=1)
         cfg["sweep"].update(n=[50, 316, 2000], d=[11400, 2850, 712], q=[1, 5, 10],
-                            m1=1, m2=4, repeats=1)
+                            iters=5, m1=1, m2=4, repeats=1)
     if smoke:
         # tiny sizes: exercises every code path in seconds; the numbers mean nothing
-        cfg["periter"].update(n=120, d=300, m1=1, m2=3, repeats=1)
-        cfg["target"].update(n=60, d=200, baseline_iter=50, cap={"nearly": 60, "default": 40})
+        cfg["periter"].update(n=120, d=300, iters=3, m1=1, m2=3, repeats=1)
+        cfg["target"].update(n=60, d=200, baseline_iter=50,
+                             cap={"nearly": [60], "default": [10, 40]})
         cfg["transform"].update(n=200, d=300, repeats=1)
         cfg["sweep"].update(n=[20, 80], d=[400, 200], q=[1, 3], fixed={"n": 60, "d": 200, "q": 3},
-                            m1=1, m2=3, repeats=1)
+                            iters=3, m1=1, m2=3, repeats=1)
     return cfg
 
 
@@ -123,10 +130,14 @@ def _status_kib(field):
 class _PeakMemory:
     """Peak resident memory above the resident memory at :meth:`start`.
 
-    On Linux the kernel's high-water mark is reset at ``start`` (write "5" to
-    ``/proc/self/clear_refs``), so memory used while generating the data does
-    not count; elsewhere ``ru_maxrss`` is used, which can only overstate the
-    baseline level and so understates the extra memory.
+    ``start`` is called once the data are loaded and the code under test has
+    been imported (a tiny problem runs first, see :func:`_warm_imports`), so
+    the difference is the memory the algorithm itself needs: temporaries,
+    copies, precomputed products.  On Linux the kernel's high-water mark is
+    reset at ``start`` (write "5" to ``/proc/self/clear_refs``), so memory
+    used while generating the data does not count; elsewhere ``ru_maxrss`` is
+    used, which can only overstate the starting level and so understates the
+    extra memory.
     """
 
     def start(self):
@@ -165,13 +176,36 @@ def _load(task, *, paper=False, truth=False):
     return data
 
 
-def _fit(q, solver, m, data, dtype):
+def _fit(q, solver, m, data, dtype, callback=None):
     from specnmf import SpectralNMF
 
+    extra = {} if callback is None else {"callback": callback}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # e.g. missing-data notices; timing only
         return SpectralNMF(q, solver=solver, max_iter=m, tol=0, dtype=dtype).fit(
-            data["X"], data["ivar"], templates=data["T0"], coefficients=data["C0"])
+            data["X"], data["ivar"], templates=data["T0"], coefficients=data["C0"], **extra)
+
+
+def _estimator_has_callback():
+    import inspect
+
+    from specnmf import SpectralNMF
+
+    return "callback" in inspect.signature(SpectralNMF.fit).parameters
+
+
+def _warm_imports(q, solver=None, transform=False):
+    """Run a tiny problem through the code under test, so lazy imports are not counted as memory."""
+    from benchmarks.data import simulate_spectra, start_factors
+
+    n, d = max(12, q), max(24, q)
+    X, ivar = simulate_spectra(n, d, q, random_state=DATA_SEED)
+    C0, T0 = start_factors(n, d, q, random_state=START_SEED)
+    tiny = {"X": X, "ivar": ivar, "C0": C0, "T0": T0}
+    if solver is not None:
+        model = _fit(q, solver, 2, tiny, "float64")
+        if transform:
+            model.transform(X, ivar)
 
 
 def _timed(fn, *args):
@@ -180,22 +214,46 @@ def _timed(fn, *args):
     return time.perf_counter() - t, out
 
 
-def _per_iteration(call, m1, m2, repeats, mem):
+def _per_iteration_callback(call, n_timed, skip=1):
+    """Median wall time between consecutive per-iteration callbacks (the paper's statistic).
+
+    ``call(m, callback)`` runs ``m`` iterations.  The first ``skip`` intervals
+    (warm-up) and the last one are dropped: specnmf's loop computes the chi^2
+    of iterate k during pass k+1, so its final interval is a chi^2-only pass.
+    """
+    stamps = []
+
+    def callback(*args):
+        stamps.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    call(n_timed + skip + 2, callback)
+    dt = np.diff(stamps)[skip:-1]
+    return {"per_iter_s": float(np.median(dt)), "per_iter_std_s": float(np.std(dt)),
+            "per_iter_all_s": dt.tolist(), "first_callback_s": stamps[0] - t0,
+            "timing": "callback"}
+
+
+def _per_iteration_difference(call, m1, m2, repeats):
     """Median of ``(t(m2) - t(m1)) / (m2 - m1)`` over ``repeats``, after one warm-up call.
 
-    The warm-up also triggers lazy imports and first-touch costs, so the
-    memory baseline is taken after it.
+    For an estimator without a per-iteration callback: setup cost cancels.
     """
-    call(m1)
-    mem.start()
+    call(m1, None)
     per, setup = [], []
     for _ in range(repeats):
-        t1, _ = _timed(call, m1)
-        t2, _ = _timed(call, m2)
+        t1, _ = _timed(call, m1, None)
+        t2, _ = _timed(call, m2, None)
         per.append((t2 - t1) / (m2 - m1))
         setup.append(t1 - m1 * per[-1])
     return {"per_iter_s": float(np.median(per)), "per_iter_all_s": per,
-            "setup_s": float(np.median(setup))}
+            "setup_s": float(np.median(setup)), "timing": "difference"}
+
+
+def _per_iteration(call, task, use_callback):
+    if use_callback:
+        return _per_iteration_callback(call, task["iters"])
+    return _per_iteration_difference(call, task["m1"], task["m2"], task["repeats"])
 
 
 def _task_periter(task):
@@ -203,16 +261,22 @@ def _task_periter(task):
 
     mem = _PeakMemory()
     q, dt = task["q"], task["dtype"]
+    # both implementations are timed the same way: by callback when the
+    # estimator offers one, else by the difference of two run lengths
+    use_callback = _estimator_has_callback()
     if task["impl"] == "baseline":
         data = _load(task, paper=True)
         Xp, Vp, W0, H0 = data["Xp"], data["Vp"], data["W0"], data["H0"]
         data.clear()                         # the baseline holds only its own orientation
-        res = _per_iteration(lambda m: nearly_baseline(Xp, Vp, W0, H0, m),
-                             task["m1"], task["m2"], task["repeats"], mem)
+        mem.start()
+        res = _per_iteration(lambda m, cb: nearly_baseline(Xp, Vp, W0, H0, m, callback=cb),
+                             task, use_callback)
     else:
+        _warm_imports(q, task["solver"])
         data = _load(task)
-        res = _per_iteration(lambda m: _fit(q, task["solver"], m, data, dt),
-                             task["m1"], task["m2"], task["repeats"], mem)
+        mem.start()
+        res = _per_iteration(lambda m, cb: _fit(q, task["solver"], m, data, dt, callback=cb),
+                             task, use_callback)
     res.update(extra_mib=mem.extra_mib(), memory_method=mem.method)
     return res
 
@@ -241,8 +305,8 @@ def _task_baseline_target(task):
     from benchmarks.baseline import nearly_baseline
     from specnmf import chi2
 
+    _warm_imports(task["q"])                 # specnmf.chi2, used after the clock stops
     data = _load(task, paper=True)
-    nearly_baseline(data["Xp"][:, :2], data["Vp"][:, :2], data["W0"], data["H0"][:, :2], 1)
     mem = _PeakMemory()
     mem.start()
     t, (W, H) = _timed(nearly_baseline, data["Xp"], data["Vp"], data["W0"], data["H0"],
@@ -255,19 +319,26 @@ def _task_baseline_target(task):
 
 
 def _task_solver_target(task):
-    data = _load(task)
-    q, solver, cap, target = task["q"], task["solver"], task["cap"], task["target"]
+    q, solver, target = task["q"], task["solver"], task["target"]
     try:
-        _fit(q, solver, 1, data, "float64")
+        _warm_imports(q, solver)
     except (ValueError, TypeError) as exc:   # the installed estimator rejects the solver
         return {"status": "rejected", "reason": str(exc)}
+    data = _load(task)
     mem = _PeakMemory()
     mem.start()
+    if _estimator_has_callback():
+        return _solver_target_callback(task, data, mem)
     t0, _ = _timed(_fit, q, solver, 0, data, "float64")
-    t_cap, model = _timed(_fit, q, solver, cap, data, "float64")
+    # no callback: fits are deterministic, so a short run first saves running to the cap
+    # when the target comes early
+    for cap in task["caps"]:
+        t_cap, model = _timed(_fit, q, solver, cap, data, "float64")
+        history = np.asarray(model.chi2_)
+        hit = np.flatnonzero(history <= target)
+        if hit.size:
+            break
     extra = mem.extra_mib()
-    history = np.asarray(model.chi2_)
-    hit = np.flatnonzero(history <= target)
     out = {"cap": cap, "time_cap_s": t_cap, "time_setup_s": t0, "extra_mib": extra,
            "memory_method": mem.method, "chi2_final": float(history[-1]),
            "n_iter_run": int(model.n_iter_)}
@@ -284,11 +355,36 @@ def _task_solver_target(task):
     return out
 
 
+def _solver_target_callback(task, data, mem):
+    """Wall time from the ``fit`` call to the callback of the first iterate at the target."""
+    q, solver, target, cap = task["q"], task["solver"], task["target"], task["caps"][-1]
+    found = {}
+
+    def callback(iteration, coefficients, templates, terms):
+        if terms["chi2"] <= target:
+            found.update(n_iter=int(iteration), time_s=time.perf_counter() - t0)
+            return True
+        return False
+
+    t0 = time.perf_counter()
+    model = _fit(q, solver, cap, data, "float64", callback=callback)
+    t_run = time.perf_counter() - t0
+    out = {"cap": cap, "time_run_s": t_run, "extra_mib": mem.extra_mib(),
+           "memory_method": mem.method, "chi2_final": float(model.chi2_[-1]),
+           "n_iter_run": int(model.n_iter_), "timing": "callback"}
+    if not found:
+        out.update(status="not reached", time_s=t_run, n_iter=None)
+    else:
+        out.update(status="reached", **found)
+    return out
+
+
 def _task_transform(task):
     from specnmf import SpectralNMF, chi2
 
-    data = _load(task, truth=True)
     q = task["q"]
+    _warm_imports(q, "nearly", transform=True)
+    data = _load(task, truth=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if hasattr(SpectralNMF, "from_templates"):
@@ -298,9 +394,9 @@ def _task_transform(task):
                 data["X"], data["ivar"], templates=data["T_true"],
                 coefficients=data["C_true"])
     X, ivar = data["X"], data["ivar"]
-    model.transform(X, ivar)                 # warm-up: lazy imports, first touch
     mem = _PeakMemory()
     mem.start()
+    model.transform(X, ivar)                 # warm-up: first touch
     times = []
     for _ in range(task["repeats"]):
         t, C = _timed(model.transform, X, ivar)
@@ -327,6 +423,7 @@ def _nnls_loop(X, ivar, T):
 def _task_nnls_loop(task):
     from specnmf import chi2
 
+    _warm_imports(task["q"])
     data = _load(task, truth=True)
     X, ivar, T = data["X"], data["ivar"], data["T_true"]
     _nnls_loop(X[:1], ivar[:1], T)           # warm-up: import scipy.optimize
@@ -390,7 +487,7 @@ def _measure(task):
 
 def run_periter(cfg):
     c = cfg["periter"]
-    base = {k: c[k] for k in ("n", "d", "q", "m1", "m2", "repeats")}
+    base = {k: c[k] for k in ("n", "d", "q", "iters", "m1", "m2", "repeats")}
     rows = []
     for dtype in c["dtypes"]:
         for threads in c["threads"]:
@@ -412,8 +509,8 @@ def run_target(cfg):
     solvers = {}
     if base.get("ok"):
         for solver in c["solvers"]:
-            cap = c["cap"].get(solver, c["cap"]["default"])
-            solvers[solver] = _measure(dict(size, kind="solver_target", solver=solver, cap=cap,
+            caps = c["cap"].get(solver, c["cap"]["default"])
+            solvers[solver] = _measure(dict(size, kind="solver_target", solver=solver, caps=caps,
                                             target=base["chi2"],
                                             direct_seconds=c["direct_seconds"]))
     return {"config": c, "baseline": base, "solvers": solvers}
@@ -449,8 +546,8 @@ def run_sweep(cfg, var):
     points = []
     for value in c[var]:
         size = dict(c["fixed"], **{var: value})
-        common = dict(size, dtype="float64", threads=1, m1=c["m1"], m2=c["m2"],
-                      repeats=c["repeats"], kind="periter")
+        common = dict(size, dtype="float64", threads=1, iters=c["iters"], m1=c["m1"],
+                      m2=c["m2"], repeats=c["repeats"], kind="periter")
         b = _measure(dict(common, impl="baseline"))
         s = _measure(dict(common, impl="specnmf", solver="nearly"))
         points.append({var: value, "baseline": b, "specnmf": s})
@@ -472,8 +569,13 @@ def _md(headers, rows):
     return "\n".join(lines)
 
 
+def _err(res):
+    """Short table cell for a failed measurement (the full message is in results.json)."""
+    return "error: " + str(res.get("error", "?")).split(":")[0]
+
+
 def _ms(res):
-    return f"{1e3 * res['per_iter_s']:.1f}" if res.get("ok") else "error"
+    return f"{1e3 * res['per_iter_s']:.1f}" if res.get("ok") else _err(res)
 
 
 def _mib(res):
@@ -516,7 +618,7 @@ def render(results):
             rows.append([row["dtype"], row["threads"], _ms(b), _ms(s), _per_iter_ratio(b, s),
                          _per_iter_ratio(ref, s) if row["dtype"] != "float64" else "",
                          _mib(b), _mib(s),
-                         f"{it['max_rel']:.1e}" if it.get("ok") else it.get("error", "-")])
+                         f"{it['max_rel']:.1e}" if it.get("ok") else _err(it)])
         out.append(_md(["dtype", "threads", "baseline ms/iter", "specnmf ms/iter", "ratio",
                         "ratio vs float64 baseline", "baseline extra MiB",
                         "specnmf extra MiB",
@@ -529,13 +631,13 @@ def render(results):
         out.append(f"\n### Time to the baseline's {c['baseline_iter']}-iteration chi^2 "
                    f"(n={c['n']}, d={c['d']}, q={c['q']}, {c['threads']} thread)\n")
         if not b.get("ok"):
-            out.append(f"baseline failed: {b.get('error')}")
+            out.append(f"baseline failed: {b.get('error')}")  # no target without it
         else:
             rows = [["baseline (published structure)", c["baseline_iter"],
                      f"{b['time_s']:.2f}", "1.00x", f"{b['chi2']:.6g}", _mib(b), ""]]
             for solver, s in r["solvers"].items():
                 if not s.get("ok"):
-                    rows.append([solver, "-", "-", "-", "-", "-", s.get("error")])
+                    rows.append([solver, "-", "-", "-", "-", "-", _err(s)])
                 elif s["status"] == "rejected":
                     rows.append([solver, "-", "-", "-", "-", "-", "not available"])
                 elif s["status"] == "not reached":
@@ -556,8 +658,8 @@ def render(results):
         out.append(f"\n### transform: batched weighted NNLS (n={c['n']}, d={c['d']}, "
                    f"q={c['q']}, 1 thread)\n")
         rows = [["scipy.optimize.nnls loop", f"{loop['time_s']:.3f}" if loop.get("ok")
-                 else loop.get("error"), "1.00x", _mib(loop)],
-                ["SpectralNMF.transform", f"{s['time_s']:.3f}" if s.get("ok") else s.get("error"),
+                 else _err(loop), "1.00x", _mib(loop)],
+                ["SpectralNMF.transform", f"{s['time_s']:.3f}" if s.get("ok") else _err(s),
                  _ratio(loop.get("time_s"), s.get("time_s")), _mib(s)]]
         out.append(_md(["method", "seconds", "ratio", "extra MiB"], rows))
         if "coefficients_max_rel" in r:
