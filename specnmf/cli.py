@@ -599,7 +599,7 @@ def _demo_figure(model, clip, X, ivar):
     ax0.errorbar(x[obs], X[i, obs], yerr=sigma[obs], fmt=".", ms=2, lw=0.5, color="0.5",
                  label=f"exposure {i}")
     ax0.plot(x, C[i] @ T, color="C3", lw=1.5, label="Nearly-NMF reconstruction")
-    ax0.plot(x, np.asarray(clip.transform(X[i:i + 1], ivar[i:i + 1]))[0] @ clip.templates_,
+    ax0.plot(x, np.asarray(clip.coefficients_)[i] @ np.asarray(clip.templates_),
              color="C0", lw=1, ls="--", label="clipped-NMF reconstruction")
     ax0.axhline(0, color="k", lw=0.5)
     ax0.set_ylabel("flux")
@@ -785,6 +785,13 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             _error("interrupted")
             return 130
+        except BrokenPipeError:
+            # stdout closed early (`specnmf info model.fits | head`): stop quietly, and
+            # keep the interpreter's final flush from failing on the dead pipe
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return 141
         except Exception as exc:
             logger.debug("details", exc_info=True)
             _error(f"{type(exc).__name__}: {exc}" if not isinstance(exc, (RuntimeError, OSError))

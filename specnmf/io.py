@@ -653,13 +653,15 @@ def _spec(arr):
 
 
 def _restore(arrays, key, spec, path):
-    dtype, shape = np.dtype(spec[0]), tuple(spec[1])
+    if isinstance(spec, str):  # pre-release files recorded the dtype only
+        spec = [spec, None]
+    dtype, shape = np.dtype(spec[0]), None if spec[1] is None else tuple(spec[1])
     if key not in arrays or arrays[key] is None:
-        if int(np.prod(shape)) == 0:
+        if shape is not None and int(np.prod(shape)) == 0:
             return np.zeros(shape, dtype=dtype)
         raise ValueError(f"{path}: model file is incomplete (array {key} missing)")
     arr = np.asarray(arrays[key]).astype(dtype)
-    if arr.shape != shape:
+    if shape is not None and arr.shape != shape:
         raise ValueError(f"{path}: array {key} has shape {arr.shape}, expected {shape}")
     return arr
 
