@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, strategies as st
 
 from specnmf import SpectralNMF, chi2
-from specnmf.solvers import MULTIPLICATIVE
+from specnmf.solvers import SOLVERS as _REGISTRY
 
-SOLVERS = sorted(MULTIPLICATIVE)
+SOLVERS = sorted(_REGISTRY)
 
 
 @st.composite
-def problems(draw, min_k=1, max_k=3):
+def problems(draw, min_k=1, max_k=3, max_missing=0.5, min_size=3):
     """Random signed data, random weights, ~0-50 % missing, a positive start."""
-    n = draw(st.integers(3, 12))
-    d = draw(st.integers(3, 14))
+    n = draw(st.integers(min_size, 12))
+    d = draw(st.integers(min_size, 14))
     k = draw(st.integers(min_k, min(max_k, n, d)))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -26,7 +26,7 @@ def problems(draw, min_k=1, max_k=3):
     noise = draw(st.floats(0.05, 3.0))
     X = truth + noise * rng.normal(size=(n, d))      # negative where noise wins
     ivar = rng.uniform(0.1, 10.0, size=(n, d))
-    ivar[rng.uniform(size=(n, d)) < draw(st.floats(0.0, 0.5))] = 0.0
+    ivar[rng.uniform(size=(n, d)) < draw(st.floats(0.0, max_missing))] = 0.0
     C0 = rng.uniform(0.1, 2.0, size=(n, k))
     T0 = rng.uniform(0.1, 2.0, size=(k, d))
     return X, ivar, C0, T0
@@ -61,7 +61,7 @@ def test_factors_stay_non_negative_and_finite(solver, problem):
         assert np.all(a >= 0)
 
 
-@pytest.mark.parametrize("solver", ["nearly", "shift"])
+@pytest.mark.parametrize("solver", ["nearly", "shift", "anls", "apg"])
 @given(problem=problems())
 def test_recorded_chi2_is_the_objective_of_the_data(solver, problem):
     # the history ends at the chi^2 of the returned factors (one objective)
@@ -108,9 +108,13 @@ def test_scaling_all_ivar_leaves_the_solution_unchanged(solver, problem, scale):
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
-@given(problem=problems(), seed=st.integers(0, 1000))
-def test_permuting_spectra_permutes_coefficients(solver, problem, seed):
-    X, ivar, C0, T0 = problem
+@given(data=st.data(), seed=st.integers(0, 1000))
+def test_permuting_spectra_permutes_coefficients(solver, data, seed):
+    # the exact (NNLS) solvers choose among equal minima where a subproblem is
+    # singular (a pixel seen by fewer spectra than components), and rounding
+    # order decides which; the claim is for well-posed subproblems
+    well_posed = dict(max_missing=0.0, min_size=4) if solver in ("anls", "apg") else {}
+    X, ivar, C0, T0 = data.draw(problems(**well_posed))
     perm = np.random.default_rng(seed).permutation(X.shape[0])
     a = _fit(solver, X, ivar, C0, T0)
     b = _fit(solver, X[perm], ivar[perm], C0[perm], T0)
