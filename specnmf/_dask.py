@@ -128,10 +128,11 @@ class DaskEngine(Engine):
         if n == 0 or d == 0:
             raise ValueError(f"X is empty (shape {X.shape})")
         if ivar is not None:
+            if tuple(getattr(ivar, "shape", ())) != (n, d):
+                raise ValueError(f"ivar must have the shape of X {X.shape}; "
+                                 f"got {getattr(ivar, 'shape', None)}")
             if not isinstance(ivar, da.Array):
                 ivar = da.from_array(ivar, chunks=X.chunks)
-            if tuple(ivar.shape) != (n, d):
-                raise ValueError(f"ivar must have the shape of X {X.shape}; got {ivar.shape}")
         if isinstance(split_every, bool) or int(split_every) < 2:
             raise ValueError(f"split_every must be an integer >= 2; got {split_every!r}")
 
