@@ -580,6 +580,11 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     if x0 is not None and x0.shape != (n, q):
         raise ValueError(f"x0 must have shape {(n, q)}; got {x0.shape}")
     rows = _block_rows(block_size, n, d, q)
+    # Templates scaled to a maximum of 1 so that their Gram products neither
+    # underflow nor overflow (the answer is scaled back below).
+    t_scale = np.max(np.abs(T), axis=1)
+    t_scale[t_scale == 0] = 1.0
+    T = T / t_scale[:, None]
     pairs = _pair_products(T)
     max_iter = _default_max_iter(q)
     coef = np.empty((n, q), dtype=X.dtype if X.dtype.kind == "f" else np.float64)
@@ -598,9 +603,10 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
                          "with scipy.optimize.nnls on the weighted data", fragile.size)
             for i in fragile:
                 x[:, i] = _data_nnls(X[start + i], ivar[start + i], T)
-        coef[sl] = x.T
+        coef[sl] = x.T / t_scale
         if return_covariance:
-            cov[sl] = _covariance_t(Gt, x > 0 if free_only else None).transpose(2, 0, 1)
+            cov_t = _covariance_t(Gt, x > 0 if free_only else None)
+            cov[sl] = cov_t.transpose(2, 0, 1) / (t_scale[:, None] * t_scale[None, :])
     if xp is not np:
         from ..backends import asarray
 

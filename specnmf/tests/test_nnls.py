@@ -239,7 +239,10 @@ def weighted_problems(draw):
     q = draw(st.integers(1, 5))
     X = draw(hnp.arrays(np.float64, (n, d), elements=finite))
     ivar = draw(hnp.arrays(np.float64, (n, d), elements=st.sampled_from([0.0, 0.1, 1.0, 7.5])))
-    T = draw(hnp.arrays(np.float64, (q, d), elements=st.floats(0, 10, width=64)))
+    # templates as small as 1e-6 of the data scale (not 1e-308: the exact
+    # coefficients would overflow)
+    T = draw(hnp.arrays(np.float64, (q, d),
+                        elements=st.one_of(st.just(0.0), st.floats(1e-6, 10, width=64))))
     return X, ivar, T
 
 
