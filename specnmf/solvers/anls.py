@@ -171,6 +171,13 @@ class ANLS(_Alternating):
     name = "anls"
 
     def _solve(self, G, b, F, which, extra, info):
+        from ..backends import asarray, is_numpy_namespace, to_numpy
         from .nnls import nnls_gram
 
-        return nnls_gram(G, b, x0=F), None
+        xp = self.xp
+        if is_numpy_namespace(xp):
+            return nnls_gram(G, b, x0=F), None
+        # the batched active-set NNLS runs on the host: only the small (m, q, q)
+        # systems travel, the data and their Grams stay on the device
+        x = nnls_gram(to_numpy(G), to_numpy(b), x0=to_numpy(F))
+        return asarray(x, xp, dtype=x.dtype, device=getattr(F, "device", None)), None
