@@ -63,8 +63,11 @@ logger = logging.getLogger("specnmf")
 
 # Diagonal jitter added to the unit-diagonal free-set matrices (see module notes).
 _JITTER = 1e-14
-# Iterative-refinement steps after each jittered solve.
+# Iterative-refinement steps after a jittered solve whose smallest pivot is
+# below _REFINE_BELOW (with larger pivots the jitter's effect, relative
+# (1e-14 / pivot)^2, is below rounding).
 _REFINE_STEPS = 2
+_REFINE_BELOW = 1e-3
 # Relative tolerance of the KKT test, in units of max|b'| + q max|x| (unit-diagonal G').
 _KKT_RTOL = 1e-11
 # Looser bound for the free-set gradient, which after the solve is only a
@@ -77,13 +80,14 @@ _FULL_EXCHANGES = 3
 _CHUNK_ELEMENTS = 1 << 21
 # Elements of one (rows, n_pixels) temporary when forming the Grams; small
 # enough for the product ivar * X of a few rows to stay in cache.
-_GRAM_SUB_ELEMENTS = 1 << 16
-# weighted_nnls re-solves from the data (QR) the spectra whose final free-set
-# system, scaled to a unit diagonal, has a pivot below this: the normal
-# equations then carry too few correct digits for an exact chi^2.
-_FRAGILE_PIVOT = 1e-10
+_GRAM_SUB_ELEMENTS = 1 << 15
+# weighted_nnls re-solves from the data (QR) the spectra whose Gram, scaled
+# to a unit diagonal, has a pivot below this (two templates that differ by a
+# relative ~3e-5 on the observed pixels, or closer): the normal equations then
+# carry too few correct digits for a chi^2 exact to 1e-8.
+_FRAGILE_PIVOT = 1e-9
 # Sub-blocks per threaded task, and the most threads used to form Grams.
-_SUBS_PER_TASK = 16
+_SUBS_PER_TASK = 32
 _MAX_GRAM_THREADS = 4
 # Default number of spectra whose Grams are built and solved together.
 _DEFAULT_BLOCK_ELEMENTS = 1 << 22
@@ -183,17 +187,24 @@ def _kkt(Gs, bs, x, F, live, bmax):
 
 
 def _solve_free(Gs, bs, F):
-    """Minimiser over the free set F (zeros elsewhere), with iterative refinement.
+    """Minimiser over the free set F (zeros elsewhere).
 
     Also returns the smallest pivot of the unit-diagonal ``G'_FF`` (1 for an
-    empty free set), a cheap measure of how close to singular it is.
+    empty free set), a cheap measure of how close to singular it is; only
+    systems with a small pivot get the iterative refinement that removes the
+    effect of the jitter (elsewhere it is below rounding).
     """
+    q = Gs.shape[0]
     LU = _factor(_masked_system(Gs, F))
     x = _lu_solve(LU, np.where(F, bs, 0.0))
-    for _ in range(_REFINE_STEPS):
-        x += _lu_solve(LU, np.where(F, bs - _matvec(Gs, x), 0.0))
-    q = Gs.shape[0]
     min_pivot = np.min(np.where(F, LU[np.arange(q), np.arange(q)], 1.0), axis=0)
+    weak = np.flatnonzero(min_pivot < _REFINE_BELOW)
+    if weak.size:
+        LUw, Gw = np.take(LU, weak, axis=2), np.take(Gs, weak, axis=2)
+        bw, Fw, xw = bs[:, weak], F[:, weak], x[:, weak]
+        for _ in range(_REFINE_STEPS):
+            xw += _lu_solve(LUw, np.where(Fw, bw - _matvec(Gw, xw), 0.0))
+        x[:, weak] = xw
     return np.where(F, x, 0.0), min_pivot
 
 
@@ -282,12 +293,15 @@ def _fallback(Gs, bs, live):
 def _nnls_chunk(G, b, F0, max_iter, symmetrize=True):
     """Solve one chunk; G of shape (q, q, m), b (q, m), F0 (q, m) or None.
 
-    Returns x of shape (q, m) and the smallest free-set pivot of each problem.
+    Returns x of shape (q, m) and, for each problem, the smallest pivot of its
+    whole unit-diagonal G' (over the components with ``G_kk > 0``): below
+    about 1e-9 the components are so nearly dependent that the Gram has lost
+    digits that can decide the answer (see :func:`weighted_nnls`).
     """
     Gs, bs, s, live = _equilibrate(G, b, symmetrize)
     if F0 is None:
         F0 = live
-    x, ok, min_pivot = _bpp(Gs, bs, live, F0, max_iter)
+    x, ok, _ = _bpp(Gs, bs, live, F0, max_iter)
     bad = np.flatnonzero(~ok)
     if bad.size:
         logger.debug("nnls_gram: %d of %d problems fail the KKT test after %d pivoting "
@@ -297,6 +311,9 @@ def _nnls_chunk(G, b, F0, max_iter, symmetrize=True):
             if xi is not None:
                 x[:, i] = xi
     np.maximum(x, 0.0, out=x)
+    q = Gs.shape[0]
+    LU = _factor(_masked_system(Gs, live))
+    min_pivot = np.min(np.where(live, LU[np.arange(q), np.arange(q)], 1.0), axis=0)
     return x * s, min_pivot
 
 
@@ -400,10 +417,18 @@ def nnls_gram(G, b, *, x0=None, max_iter=None):
 # --------------------------------------------------------------------------
 
 def _pair_products(T):
-    """Products ``T_k * T_l`` (k <= l) of shape (q(q+1)/2, n_pixels) and their indices."""
-    q = T.shape[0]
+    """Pixel products ``T_k * T_l`` (k <= l), as columns of shape (n_pixels, n_pad).
+
+    The q(q+1)/2 columns are padded with zeros to a multiple of 8, which suits
+    the register blocking of BLAS kernels (measurably faster for small q).
+    Also returns the pair indices and ``T^T`` (contiguous).
+    """
+    q, d = T.shape
     ku, lu = np.triu_indices(q)
-    return np.ascontiguousarray(T[ku] * T[lu]), ku, lu
+    n_pad = -(-ku.size // 8) * 8
+    P = np.zeros((d, n_pad))
+    P[:, :ku.size] = (T[ku] * T[lu]).T
+    return P, ku, lu, np.ascontiguousarray(T.T)
 
 
 def _n_workers():
@@ -414,8 +439,9 @@ def _n_workers():
     return max(1, min(_MAX_GRAM_THREADS, cpus))
 
 
-def _grams_rows(X, ivar, T, P, Gu, bt, start, stop, sub):
-    """Fill columns start:stop of Gu and bt, ``sub`` rows at a time."""
+def _grams_rows(X, ivar, pairs, Gu, bu, start, stop, sub):
+    """Fill rows start:stop of Gu (pair sums) and bu, ``sub`` spectra at a time."""
+    P, _, _, TT = pairs
     buf = np.empty((min(sub, stop - start), X.shape[1]))
     for a in range(start, stop, sub):
         z = min(stop, a + sub)
@@ -423,11 +449,11 @@ def _grams_rows(X, ivar, T, P, Gu, bt, start, stop, sub):
         if iv.dtype != np.float64:
             iv = iv.astype(np.float64)
         w = np.multiply(iv, X[a:z], out=buf[:z - a])
-        Gu[:, a:z] = P @ iv.T
-        bt[:, a:z] = T @ w.T
+        np.matmul(iv, P, out=Gu[a:z])
+        np.matmul(w, TT, out=bu[a:z])
 
 
-def _grams_t(X, ivar, T, pairs):
+def _grams_t(X, ivar, pairs):
     """Grams of a block of rows, batch last: G (q, q, rows) and b (q, rows).
 
     Accumulates in float64: ``G_i = T diag(ivar_i) T^T``, ``b_i = T (ivar_i X_i)``.
@@ -436,27 +462,27 @@ def _grams_t(X, ivar, T, pairs):
     products of a few rows are too small for BLAS to thread, so groups of
     rows go to a few Python threads instead (numpy releases the GIL).
     """
-    P, ku, lu = pairs
+    P, ku, lu, TT = pairs
     rows, d = ivar.shape
-    q = T.shape[0]
-    Gu = np.empty((P.shape[0], rows))
-    bt = np.empty((q, rows))
+    q = TT.shape[1]
+    Gu = np.empty((rows, P.shape[1]))
+    bu = np.empty((rows, q))
     sub = max(1, _GRAM_SUB_ELEMENTS // max(1, d))
     group = sub * _SUBS_PER_TASK
     n_tasks = -(-rows // group)
     workers = min(_n_workers(), n_tasks)
     if workers == 1:
-        _grams_rows(X, ivar, T, P, Gu, bt, 0, rows, sub)
+        _grams_rows(X, ivar, pairs, Gu, bu, 0, rows, sub)
     else:
         with ThreadPoolExecutor(workers) as pool:
-            jobs = [pool.submit(_grams_rows, X, ivar, T, P, Gu, bt, a, min(rows, a + group), sub)
+            jobs = [pool.submit(_grams_rows, X, ivar, pairs, Gu, bu, a, min(rows, a + group), sub)
                     for a in range(0, rows, group)]
             for job in jobs:
                 job.result()
     G = np.empty((q, q, rows))
-    G[ku, lu] = Gu
-    G[lu, ku] = Gu
-    return G, bt
+    G[ku, lu] = Gu[:, :ku.size].T
+    G[lu, ku] = Gu[:, :ku.size].T
+    return G, np.ascontiguousarray(bu.T)
 
 
 def _data_nnls(x, ivar, T):
@@ -535,7 +561,7 @@ def spectrum_grams(X, ivar, templates, *, block_size=None):
     b = np.empty((n, q))
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        Gt, bt = _grams_t(X[sl], ivar[sl], T, pairs)
+        Gt, bt = _grams_t(X[sl], ivar[sl], pairs)
         G[sl] = Gt.transpose(2, 0, 1)
         b[sl] = bt.T
     return G, b
@@ -591,14 +617,14 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     cov = np.empty((n, q, q)) if return_covariance else None
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        Gt, bt = _grams_t(X[sl], ivar[sl], T, pairs)
+        Gt, bt = _grams_t(X[sl], ivar[sl], pairs)
         F0 = None if x0 is None else np.ascontiguousarray(np.asarray(x0[sl]).T > 0)
         x, min_pivot = _nnls_chunk(Gt, bt, F0, max_iter, symmetrize=False)
         fragile = np.flatnonzero(min_pivot < _FRAGILE_PIVOT)
         if fragile.size:
-            # Near-collinear templates on this spectrum's observed pixels: the
-            # Gram (normal equations) has lost the digits that decide the
-            # answer, so solve these few from the weighted data by QR.
+            # Templates (nearly) dependent on this spectrum's observed pixels:
+            # the Gram (normal equations) may have lost the digits that decide
+            # the answer, so solve these few from the weighted data by QR.
             logger.debug("weighted_nnls: %d spectra with near-singular Grams solved "
                          "with scipy.optimize.nnls on the weighted data", fragile.size)
             for i in fragile:
