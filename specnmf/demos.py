@@ -197,18 +197,6 @@ def _pca(X, n_components):
     return vt[:n_components].copy(), ratio
 
 
-def _resolve_solver(solver):
-    from .solvers import SOLVERS
-
-    if solver in SOLVERS:
-        return solver
-    if solver in ("anls", "apg"):
-        # written before these solvers were merged; keep the demo runnable meanwhile
-        logger.warning("solver %r is not available in this build; using 'nearly'", solver)
-        return "nearly"
-    raise ValueError(f"solver must be one of {sorted(SOLVERS)}; got {solver!r}")
-
-
 def stellar_demo(*, n_components=4, solver="anls", smoothness=0.0, random_state=0,
                  max_iter=500, tol=1e-6, init="nndsvda", plot=True):
     """NMF vs PCA of 80 Coelho (2014) stellar spectra, as in the SpectralUnmix note.
@@ -259,19 +247,9 @@ def stellar_demo(*, n_components=4, solver="anls", smoothness=0.0, random_state=
     X, wavelength = stars.flux, stars.wavelength
     prototypes = np.stack([X[stars.type == c].mean(axis=0) for c in classes])
 
-    params = dict(solver=_resolve_solver(solver), init=init, random_state=random_state,
-                  max_iter=max_iter, tol=tol)
-    if "smoothness" in SpectralNMF._get_param_names():
-        params["smoothness"] = smoothness
-    elif smoothness:
-        raise TypeError("smoothness= needs a SpectralNMF with the smoothness parameter")
-    model = SpectralNMF(int(n_components), **params)
-    fit_kwargs = {}
-    import inspect
-
-    if "wavelength" in inspect.signature(model.fit).parameters:
-        fit_kwargs["wavelength"] = wavelength
-    model.fit(X, np.ones_like(X), **fit_kwargs)
+    model = SpectralNMF(int(n_components), solver=solver, init=init, random_state=random_state,
+                        max_iter=max_iter, tol=tol, smoothness=smoothness)
+    model.fit(X, np.ones_like(X), wavelength=wavelength)
 
     peak = model.templates_.max(axis=1, keepdims=True)
     nmf = np.divide(model.templates_, peak, out=np.zeros_like(model.templates_),
@@ -369,21 +347,11 @@ def ifu_demo(*, ny=30, nx=30, n_wave=300, snr=0.3, spatial=0.1, solver="anls",
 
     sim = make_ifu_cube(ny, nx, n_wave, snr=snr, random_state=random_state)
     shape = (ny, nx)
-    has_spatial = "spatial" in SpectralNMF._get_param_names()
-    if not has_spatial:
-        logger.warning("SpectralNMF has no spatial parameter in this build; "
-                       "only the plain fit is run")
-    fits = {"plain": 0.0, "spatial": spatial if has_spatial else None}
     out = {"sim": sim}
     truth_rms = float(np.sqrt(np.mean(sim.truth**2)))
-    for name, strength in fits.items():
-        if strength is None:
-            out[name] = None
-            continue
-        params = dict(solver=_resolve_solver(solver), init=init, random_state=random_state,
-                      max_iter=max_iter, tol=tol)
-        if has_spatial:
-            params["spatial"] = strength
+    for name, strength in {"plain": 0.0, "spatial": spatial}.items():
+        params = dict(solver=solver, init=init, random_state=random_state,
+                      max_iter=max_iter, tol=tol, spatial=strength)
         model = fit_cube(SpectralNMF(3, **params), sim.cube, sim.ivar,
                          wavelength=sim.wavelength)
         maps, templates, corr = _matched_maps(model.templates_, model.coefficients_,

@@ -11,8 +11,11 @@ from importlib import resources
 import numpy as np
 
 from ._ifu import Bunch, make_ifu_cube
+from ._simulate import make_doublet, make_quasars
 
 __all__ = [
+    "make_doublet",
+    "make_quasars",
     "load_doublet",
     "load_coelho",
     "load_coelho_prototypes",
@@ -22,14 +25,6 @@ __all__ = [
     "StellarSpectra",
     "COELHO_CLASSES",
 ]
-
-try:
-    from ._simulate import make_doublet, make_quasars
-except ImportError:  # pragma: no cover - written in parallel; make unconditional once it exists
-    pass
-else:
-    __all__ += ["make_doublet", "make_quasars"]
-
 
 def data_path(name: str):
     """Path of a file bundled in ``specnmf/datasets/data``."""
