@@ -261,7 +261,7 @@ def reconstruct_cube(coefficients, templates, spatial_shape, component=None, *, 
     return matrix_to_cube(C @ T, shape, wave_axis=wave_axis)
 
 
-def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1):
+def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1, header=None):
     """Fit an estimator to the spectra of a cube.
 
     Reshapes with :func:`cube_to_matrix` and calls
@@ -276,7 +276,14 @@ def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1
     cube, ivar, mask, wave_axis
         As in :func:`cube_to_matrix`.
     wavelength : array-like of shape (n_wave,), optional
-        Stored on the model as ``wavelength_``.
+        Stored on the model as ``wavelength_``.  Default: from the spectral
+        WCS of ``header``, if it has one.
+    header : astropy.io.fits.Header, optional
+        The cube's header (e.g. ``read_cube(path).header``).  Its spectral
+        WCS is kept on the model as ``header_`` -- the templates' axis -- so
+        ``model.save`` writes it; write the maps with
+        ``write_maps(path, coefficient_maps(model), header)`` to keep the
+        celestial WCS.
 
     Returns
     -------
@@ -286,12 +293,17 @@ def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1
     if not hasattr(model, "fit"):
         raise TypeError(f"model must be an estimator with a fit method; got {type(model).__name__}")
     X, w, shape = cube_to_matrix(cube, ivar, mask, wave_axis=wave_axis)
+    if wavelength is None and header is not None:
+        wavelength = wavelength_from_header(header, X.shape[1])
     if wavelength is not None:
         wavelength = _numeric(wavelength, "wavelength")
         if wavelength.shape != (X.shape[1],):
             raise ValueError(f"wavelength must have shape ({X.shape[1]},), one value per "
                              f"wavelength pixel of cube; got {wavelength.shape}")
-    return model.fit(X, w, spatial_shape=shape, wavelength=wavelength)
+    model.fit(X, w, spatial_shape=shape, wavelength=wavelength)
+    if header is not None:
+        model.header_ = spectral_header(header)
+    return model
 
 
 # -- FITS --------------------------------------------------------------------

@@ -290,3 +290,29 @@ def test_ifu_demo_spatial_penalty_improves_noisy_maps(tmp_path):
     if "spatial" not in summary["fits"]:
         pytest.skip("SpectralNMF has no spatial parameter yet")
     assert summary["fits"]["spatial"]["mean_map_error"] < plain["mean_map_error"]
+
+
+def test_cube_header_travels_to_the_saved_model(tmp_path):
+    # the spectral WCS of the cube ends up on the templates of the saved model
+    pytest.importorskip("astropy")
+    from astropy.io import fits
+
+    from specnmf import SpectralNMF, load
+    from specnmf.datasets import make_ifu_cube
+    from specnmf.ifu import fit_cube
+
+    sim = make_ifu_cube(6, 5, 40, random_state=0)
+    header = fits.Header()
+    header["CTYPE1"], header["CTYPE2"], header["CTYPE3"] = "RA---TAN", "DEC--TAN", "WAVE"
+    header["CRVAL3"], header["CDELT3"], header["CRPIX3"], header["CUNIT3"] = 5000.0, 2.0, 1.0, "Angstrom"
+    model = fit_cube(SpectralNMF(2, solver="anls", max_iter=5, tol=0, random_state=0),
+                     sim.cube, sim.ivar, header=header)
+    np.testing.assert_allclose(model.wavelength_, 5000.0 + 2.0 * np.arange(40))
+    model.save(tmp_path / "m.fits")
+    back = load(tmp_path / "m.fits")
+    saved = fits.Header(list(dict(back.header_).items()))
+    assert saved["CTYPE1"] == "WAVE"              # the spectral axis, now axis 1 of the templates
+    from specnmf.ifu import wavelength_from_header
+
+    np.testing.assert_allclose(wavelength_from_header(saved, 40), model.wavelength_)
+    np.testing.assert_allclose(back.wavelength_, model.wavelength_)
