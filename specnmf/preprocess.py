@@ -307,6 +307,7 @@ def renormalize(flux, ivar, wavelength, reference=None, *, wavelength_range=None
     Returns
     -------
     flux : ndarray of shape (n_spectra, n_pixels)
+        Scaled flux; 0 where ``ivar == 0`` (so NaN there does not propagate).
     ivar : ndarray of shape (n_spectra, n_pixels)
     scale : ndarray of shape (n_spectra,)
         The factors ``s_i``.  A spectrum whose median flux (or reference
