@@ -16,7 +16,7 @@ Scales (iterations chosen so the reduced scale runs in minutes on 2 cores):
 scale      train    valid   dloglam     stage iters     max_iter
 =========  =======  ======  ==========  ==============  ==========
 tiny       600      150     8e-4        5               20
-reduced    20 000   5 000   8e-4        20              150
+reduced    20 000   5 000   8e-4        15              100
 paper      130 000  70 000  1e-4        50              1000
 =========  =======  ======  ==========  ==============  ==========
 
@@ -48,8 +48,8 @@ import _common  # noqa: E402
 
 SETTINGS = {
     "tiny": {"n_train": 600, "n_valid": 150, "dloglam": 8e-4, "stage_iter": 5, "max_iter": 20},
-    "reduced": {"n_train": 20000, "n_valid": 5000, "dloglam": 8e-4, "stage_iter": 20,
-                "max_iter": 150},
+    "reduced": {"n_train": 20000, "n_valid": 5000, "dloglam": 8e-4, "stage_iter": 15,
+                "max_iter": 100},
     "paper": {"n_train": 130000, "n_valid": 70000, "dloglam": 1e-4, "stage_iter": 50,
               "max_iter": 1000},
 }
@@ -59,10 +59,21 @@ Z_RANGE = (0.0, 4.0)
 
 
 def main(argv=None):
-    args = _common.parse_args(__doc__.splitlines()[0], solver=True, argv=argv)
+    def extra(parser):
+        parser.add_argument("--n-train", type=int, default=None,
+                            help="override the scale's number of training spectra")
+        parser.add_argument("--n-valid", type=int, default=None,
+                            help="override the scale's number of validation spectra")
+
+    args = _common.parse_args(__doc__.splitlines()[0], solver=True, argv=argv, extra=extra)
     out = _common.output_dir(args, "paper_quasars")
     log = _common.setup_logging()
-    cfg = SETTINGS[args.scale]
+    cfg = dict(SETTINGS[args.scale])
+    for key in ("n_train", "n_valid"):
+        if getattr(args, key) is not None:
+            if getattr(args, key) < 10:
+                raise SystemExit(f"--{key.replace('_', '-')} must be >= 10")
+            cfg[key] = getattr(args, key)
 
     from specnmf import chi2_per_spectrum
     from specnmf.datasets._simulate import make_quasars
