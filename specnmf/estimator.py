@@ -622,7 +622,7 @@ class SpectralNMF(_ParamsMixin):
         (see :func:`specnmf.solvers.nnls.nnls_covariance`).  Singular F (a
         template with no weight in a spectrum) uses the pseudo-inverse.
         """
-        from .solvers.nnls import nnls_covariance, nnls_gram
+        from .solvers.nnls import nnls_covariance, nnls_gram, weighted_nnls
 
         self._check_fitted()
         dt = self.templates_.dtype
@@ -646,27 +646,30 @@ class SpectralNMF(_ParamsMixin):
         coupled = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
         if coupled:
             engine.block_rows = n
+        want_cov = sigma is not None or cov is not None
         for rows, Xb, ib in engine.blocks():
             Xb = Xb.astype(np.float64, copy=False)
             ib = ib.astype(np.float64, copy=False)
-            G = gram.unpack(gram.row_grams(ib, Tx, np), k, np)
-            a = (ib * Xb) @ Tx.T
-            Cb = nnls_gram(G, a)
-            for _ in range(200 if penalties else 0):
-                before = Cb
-                Cb, Gq = self._penalised_rows(penalties, G, a, Cb, Tx, rows)
-                change = np.max(np.abs(Cb - before)) if Cb.size else 0.0
-                if not coupled or change <= 1e-10 * max(1e-300, float(np.max(np.abs(Cb)))):
-                    break
+            if not penalties:
+                # exact weighted NNLS, with its safeguards for nearly dependent templates
+                res = weighted_nnls(Xb, ib, Tx, return_covariance=want_cov)
+                Cb, cb = res if want_cov else (res, None)
             else:
-                Gq = G
+                G = gram.unpack(gram.row_grams(ib, Tx, np), k, np)
+                a = (ib * Xb) @ Tx.T
+                Cb = nnls_gram(G, a)
+                for _ in range(200):
+                    before = Cb
+                    Cb, Gq = self._penalised_rows(penalties, G, a, Cb, Tx, rows)
+                    change = np.max(np.abs(Cb - before)) if Cb.size else 0.0
+                    if not coupled or change <= 1e-10 * max(1e-300, float(np.max(np.abs(Cb)))):
+                        break
+                cb = nnls_covariance(Gq, Cb) if want_cov else None
             C[rows] = Cb
-            if sigma is not None or cov is not None:
-                cb = nnls_covariance(Gq, Cb)
-                if cov is not None:
-                    cov[rows] = cb
-                if sigma is not None:
-                    sigma[rows] = np.sqrt(np.clip(np.diagonal(cb, axis1=1, axis2=2), 0, None))
+            if cov is not None:
+                cov[rows] = cb
+            if sigma is not None:
+                sigma[rows] = np.sqrt(np.clip(np.diagonal(cb, axis1=1, axis2=2), 0, None))
         out = (C.astype(dt, copy=False),)
         if return_uncertainty:
             out += (sigma.astype(dt, copy=False),)

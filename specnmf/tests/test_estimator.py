@@ -246,3 +246,25 @@ def test_shift_larger_than_minimal_is_accepted():
     y = -GOOD_X.min()
     model = SpectralNMF(2, solver="shift", shift=2 * y, max_iter=3, tol=0, random_state=0).fit(GOOD_X)
     assert model.shift_ == 2 * y
+
+
+# -- uncertainties ------------------------------------------------------------------
+def test_transform_uncertainties_have_unit_pulls():
+    # known templates and coefficients, Gaussian noise of the stated ivar, 40 % missing:
+    # (estimate - truth) / sigma of interior coefficients has mean 0 and std 1
+    rng = np.random.default_rng(7)
+    n, d, k = 3000, 120, 3
+    x = np.linspace(0, 1, d)
+    T = np.stack([np.exp(-0.5 * ((x - c) / 0.15) ** 2) for c in (0.2, 0.5, 0.8)])
+    C = rng.uniform(2.0, 6.0, size=(n, k))
+    sigma_pix = rng.uniform(0.5, 2.0, size=(n, d))
+    ivar = 1.0 / sigma_pix**2
+    ivar[rng.uniform(size=(n, d)) < 0.4] = 0.0
+    X = C @ T + rng.normal(size=(n, d)) * sigma_pix
+    model = SpectralNMF.from_templates(T)
+    coef, sigma, cov = model.transform(X, ivar, return_uncertainty=True, return_covariance=True)
+    np.testing.assert_allclose(sigma, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)))
+    interior = coef > 3 * sigma
+    pulls = ((coef - C) / sigma)[interior]
+    assert interior.mean() > 0.95
+    assert abs(pulls.mean()) < 0.1 and abs(pulls.std() - 1) < 0.1
