@@ -27,6 +27,7 @@ The same solver code therefore runs on
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,15 +106,17 @@ class DataSummary:
 def summarize_block(X, ivar) -> DataSummary:
     """Summary of one validated numpy block (see :class:`DataSummary`)."""
     observed = ivar > 0
-    n_obs = int(np.count_nonzero(observed))
+    obs_rows = np.count_nonzero(observed, axis=1)
+    n_obs = int(obs_rows.sum())
     wx = ivar * X
+    # per-row sums in the working precision, then float64 across rows
     return DataSummary(
-        sum_ivar=float(np.sum(ivar, dtype=np.float64)),
+        sum_ivar=float(np.sum(ivar, axis=1).sum(dtype=np.float64)),
         n_observed=n_obs,
-        weighted_sum_X=float(np.sum(wx, dtype=np.float64)),
-        sum_abs=float(np.sum(np.abs(wx), dtype=np.float64)),
-        min_observed=float(np.min(X[observed])) if n_obs else 0.0,
-        empty_spectra=~np.any(observed, axis=1),
+        weighted_sum_X=float(np.sum(wx, axis=1).sum(dtype=np.float64)),
+        sum_abs=float(np.sum(np.abs(wx, out=wx), axis=1).sum(dtype=np.float64)),
+        min_observed=float(np.min(X, where=observed, initial=np.inf)) if n_obs else 0.0,
+        empty_spectra=obs_rows == 0,
         empty_pixels=~np.any(observed, axis=0),
     )
 
@@ -266,9 +269,13 @@ def is_lazy(a) -> bool:
     """
     if a is None:
         return False
-    if isinstance(a, np.memmap):
-        return True
     if isinstance(a, np.ndarray):
+        # np.memmap, or a view of a memory map (astropy's FITS data with memmap=True)
+        base = a
+        while base is not None:
+            if isinstance(base, (np.memmap, mmap.mmap)):
+                return True
+            base = getattr(base, "base", None)
         return False
     mod = type(a).__module__.split(".")[0]
     return mod in ("h5py", "zarr") or (

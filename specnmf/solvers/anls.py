@@ -50,6 +50,7 @@ class _Alternating:
     def __init__(self, xp, *, shift=None, penalties=()):
         self.xp = xp
         self.penalties = tuple(penalties)
+        self._tprod = gram.TemplateProducts()
 
     def prepare_key(self):
         return ("gram",)
@@ -116,8 +117,9 @@ class _Alternating:
         C, extra = self._split_rows(P)
         vx, vx2 = block.aux
         q = T.shape[0]
-        Gp = gram.row_grams(block.ivar, T, xp)
-        a = vx @ xp.matrix_transpose(T)
+        Tt, PT = self._tprod(T, xp)
+        Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
+        a = vx @ Tt
         if C.dtype == xp.float64:
             chi = gram.chi2_from_grams(vx2, a, Gp, C, xp)
         else:

@@ -68,9 +68,33 @@ def unpack(G, q, xp, *, axis=-1):
     return xp.reshape(_take(G, full, 0, xp), (q, q, *G.shape[1:]))
 
 
-def row_grams(ivar_b, T, xp):
-    """Packed per-spectrum Grams ``T diag(ivar_i) T^T``, of shape (b, q(q+1)/2)."""
-    return ivar_b @ xp.matrix_transpose(products(T, xp, axis=0))
+class TemplateProducts:
+    """``T^T`` and the packed pair products ``P(T)^T`` of one template matrix.
+
+    Every block of a pass multiplies by the same two matrices, so they are
+    made once per pass (the cache holds T itself, so identity is safe).
+    """
+
+    def __init__(self):
+        self._key = None
+        self._value = None
+
+    def __call__(self, T, xp):
+        if self._key is not T:
+            self._value = (xp.matrix_transpose(T), xp.matrix_transpose(products(T, xp, axis=0)))
+            self._key = T
+        return self._value
+
+    def __getstate__(self):  # travels to workers empty
+        return {"_key": None, "_value": None}
+
+
+def row_grams(ivar_b, T, xp, *, PT=None):
+    """Packed per-spectrum Grams ``T diag(ivar_i) T^T``, of shape (b, q(q+1)/2).
+
+    ``PT`` is ``P(T)^T`` if the caller already has it (see :class:`TemplateProducts`).
+    """
+    return ivar_b @ (xp.matrix_transpose(products(T, xp, axis=0)) if PT is None else PT)
 
 
 def pixel_grams(ivar_b, C_b, xp):

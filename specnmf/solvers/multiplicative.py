@@ -97,6 +97,7 @@ class _Multiplicative:
     def __init__(self, xp, *, penalties=(), zero_division=ZERO_DIVISION, form="auto"):
         self.xp = xp
         self.penalties = tuple(penalties)
+        self._tprod = gram.TemplateProducts()
         self.zero_division = zero_division
         if form not in ("auto", "gram", "dense"):
             raise ValueError(f"form must be 'auto', 'gram' or 'dense'; got {form!r}")
@@ -144,11 +145,12 @@ class _Multiplicative:
         vx, vx2 = block.aux[:2]
         y = self.shift
         q = T.shape[0]
-        a = vx @ xp.matrix_transpose(T)              # (ivar*X') T^T
+        Tt, PT = self._tprod(T, xp)
+        a = vx @ Tt                                  # (ivar*X') T^T
         if self._use_gram(q):
-            Gp = gram.row_grams(block.ivar, T, xp)
+            Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
             if y:
-                vt = block.ivar @ xp.matrix_transpose(T)
+                vt = block.ivar @ Tt
                 a_data = a - y * vt                  # (ivar*X) T^T of the unshifted data
             else:
                 a_data = a
@@ -164,7 +166,7 @@ class _Multiplicative:
             M = C @ T
             resid = (block.X - y - M) if y else (block.X - M)
             chi = float(xp.sum(block.ivar * resid * resid, dtype=xp.float64))
-            model_term = (block.ivar * (M + y if y else M)) @ xp.matrix_transpose(T)
+            model_term = (block.ivar * (M + y if y else M)) @ Tt
         num, den = self._coef_num_den(a, model_term)
         if self.penalties:
             num, den = _add_penalty_split(num, den, self._coef_splits(C, T, rows, C_all))

@@ -136,9 +136,7 @@ def _pass_fn(T, rows, block, C_b):
 def test_disk_arrays_are_streamed_not_loaded(files, fmt):
     with _opened(files, fmt) as (X, ivar):
         engine = make_engine(X, ivar, block_size=7, dtype="float64")
-        if not isinstance(engine, Streamed):
-            assert fmt == "fits", f"{fmt} data were loaded into memory"
-            pytest.xfail("engine.is_lazy does not recognise astropy's mmap-backed FITS data yet")
+        assert isinstance(engine, Streamed), f"{fmt} data were loaded into memory"
         assert engine.X is X and engine.ivar is ivar and not engine.in_memory
         assert [r.stop - r.start for r in engine.row_slices()] == [7] * 8 + [4]
 
