@@ -31,20 +31,29 @@ then relative.  A component with ``G_kk == 0`` (a template that is zero on all
 observed pixels of the spectrum, or a spectrum with no weight at all) does not
 enter the objective and gets exactly 0.  The free-set systems
 ``G'_FF x_F = b'_F`` are solved by elimination without pivoting on
-``G'_FF + 1e-11 I`` (positive definite even when ``G'`` is singular, e.g. for
-duplicate templates), followed by one step of iterative refinement against the
-un-jittered ``G'_FF``; the jitter therefore changes the objective by a relative
-``(1e-11 / lambda)^4`` along an eigen-direction of ``G'_FF`` with eigenvalue
-``lambda`` and acts as a pseudo-inverse only for ``lambda`` near or below
-1e-11 (directions along which the objective is flat anyway).  A solution is
-accepted when, with ``g = G' x - b'`` and ``tol = 1e-11 (max|b'| + q max|x|)``,
-``x_F >= -tol``, ``g_B >= -tol`` on the bound set, and ``|g_F| <= 1e3 tol`` on
-the free set; complementarity holds by construction (``x_B = 0``) and the tiny
-negative ``x_F`` allowed by the tolerance are set to 0.  The accuracy is that
-of the normal equations: relative errors of order ``eps * cond(A)^2`` for the
-weighted design matrix ``A``.  Problems are only well posed when ``b`` lies in
-the range of ``G`` (always true when they come from least squares); otherwise
-the objective is unbounded below along a null direction of ``G``, and such
+``G'_FF + 1e-14 I`` (positive definite even when ``G'`` is singular, e.g. for
+duplicate templates: the jitter then picks the minimum-norm split, which has
+the same objective); when the smallest pivot is below 1e-3, two steps of
+iterative refinement against the un-jittered ``G'_FF`` follow, so the jitter
+changes the objective by a relative ``(1e-14 / lambda)^6`` along an
+eigen-direction with eigenvalue ``lambda``.  A solution is accepted when, with
+``g = G' x - b'`` and ``tol = 1e-11 (max|b'| + q max|x|)``, ``x_F >= -tol``,
+``g_B >= -tol`` on the bound set, and ``|g_F| <= 1e3 tol`` on the free set;
+complementarity holds by construction (``x_B = 0``) and the tiny negative
+``x_F`` allowed by the tolerance are set to 0.
+
+The accuracy is that of the normal equations.  For templates that are nearly
+dependent on the observed pixels (two templates equal to a relative 1e-6, say:
+``cond(G') ~ 1e12``), the Gram no longer carries the digits that decide
+whether the pair should share the fit, and :func:`nnls_gram` can miss a
+chi^2 improvement of order 1e-5 relative that a QR-based solver on the data
+finds.  :func:`weighted_nnls`, which has the data, detects these spectra (a
+pivot of the unit-diagonal Gram below 1e-9) and solves them with
+:func:`scipy.optimize.nnls` on the weighted pixels, so its coefficients are
+exact for any templates (at the speed of scipy for such spectra).
+Problems are only well posed when ``b`` lies in the range of ``G`` (always true
+when they come from least squares); otherwise the objective is unbounded below
+along a null direction of ``G``, and such
 components are returned as 0.
 """
 
@@ -78,19 +87,18 @@ _FREE_GRAD_FACTOR = 1e3
 _FULL_EXCHANGES = 3
 # Elements of one (q, q, m) working array: bounds the memory per chunk of problems.
 _CHUNK_ELEMENTS = 1 << 21
-# Elements of one (rows, n_pixels) temporary when forming the Grams; small
-# enough for the product ivar * X of a few rows to stay in cache.
-_GRAM_SUB_ELEMENTS = 1 << 15
+# Largest matrix product (multiply-adds) issued when forming Grams (see _tiles).
+_GEMM_MAX_WORK = 1 << 18
 # weighted_nnls re-solves from the data (QR) the spectra whose Gram, scaled
 # to a unit diagonal, has a pivot below this (two templates that differ by a
 # relative ~3e-5 on the observed pixels, or closer): the normal equations then
 # carry too few correct digits for a chi^2 exact to 1e-8.
 _FRAGILE_PIVOT = 1e-9
 # Sub-blocks per threaded task, and the most threads used to form Grams.
-_SUBS_PER_TASK = 32
+_SUBS_PER_TASK = 64
 _MAX_GRAM_THREADS = 4
 # Default number of spectra whose Grams are built and solved together.
-_DEFAULT_BLOCK_ELEMENTS = 1 << 22
+_DEFAULT_BLOCK_ELEMENTS = 1 << 21
 
 
 # --------------------------------------------------------------------------
@@ -439,18 +447,46 @@ def _n_workers():
     return max(1, min(_MAX_GRAM_THREADS, cpus))
 
 
-def _grams_rows(X, ivar, pairs, Gu, bu, start, stop, sub):
-    """Fill rows start:stop of Gu (pair sums) and bu, ``sub`` spectra at a time."""
+def _tiles(d, n_cols):
+    """Tile sizes (rows, pixels, columns) for the Gram products.
+
+    Every matrix product then has rows * pixels * columns <= _GEMM_MAX_WORK,
+    small enough that BLAS runs it on one thread (OpenBLAS threads a product
+    above 2^18 multiply-adds; its threads spin-wait, which costs many times
+    the work itself on a loaded machine) and that its operands stay in cache.
+    Parallelism comes from Python threads over groups of rows instead.
+    """
+    cols = min(n_cols, 16)
+    pix = min(d, max(1, _GEMM_MAX_WORK // cols))
+    rows = max(1, _GEMM_MAX_WORK // (pix * cols))
+    return rows, pix, cols
+
+
+def _grams_rows(X, ivar, pairs, Gu, bu, start, stop):
+    """Fill rows start:stop of Gu (pair sums) and bu (projections)."""
     P, _, _, TT = pairs
-    buf = np.empty((min(sub, stop - start), X.shape[1]))
+    d, n_pad = P.shape
+    q = TT.shape[1]
+    sub, pix, cols = _tiles(d, n_pad)
+    buf = np.empty((min(sub, stop - start), d))
     for a in range(start, stop, sub):
         z = min(stop, a + sub)
         iv = ivar[a:z]
         if iv.dtype != np.float64:
             iv = iv.astype(np.float64)
         w = np.multiply(iv, X[a:z], out=buf[:z - a])
-        np.matmul(iv, P, out=Gu[a:z])
-        np.matmul(w, TT, out=bu[a:z])
+        if pix == d and cols == n_pad and q <= cols:
+            np.matmul(iv, P, out=Gu[a:z])
+            np.matmul(w, TT, out=bu[a:z])
+            continue
+        Gu[a:z] = 0.0
+        bu[a:z] = 0.0
+        for j in range(0, d, pix):
+            jz = min(d, j + pix)
+            for c in range(0, n_pad, cols):
+                Gu[a:z, c:c + cols] += iv[:, j:jz] @ P[j:jz, c:c + cols]
+            for c in range(0, q, cols):
+                bu[a:z, c:c + cols] += w[:, j:jz] @ TT[j:jz, c:c + cols]
 
 
 def _grams_t(X, ivar, pairs):
@@ -467,15 +503,15 @@ def _grams_t(X, ivar, pairs):
     q = TT.shape[1]
     Gu = np.empty((rows, P.shape[1]))
     bu = np.empty((rows, q))
-    sub = max(1, _GRAM_SUB_ELEMENTS // max(1, d))
+    sub = _tiles(d, P.shape[1])[0]
     group = sub * _SUBS_PER_TASK
     n_tasks = -(-rows // group)
     workers = min(_n_workers(), n_tasks)
     if workers == 1:
-        _grams_rows(X, ivar, pairs, Gu, bu, 0, rows, sub)
+        _grams_rows(X, ivar, pairs, Gu, bu, 0, rows)
     else:
         with ThreadPoolExecutor(workers) as pool:
-            jobs = [pool.submit(_grams_rows, X, ivar, pairs, Gu, bu, a, min(rows, a + group), sub)
+            jobs = [pool.submit(_grams_rows, X, ivar, pairs, Gu, bu, a, min(rows, a + group))
                     for a in range(0, rows, group)]
             for job in jobs:
                 job.result()
@@ -573,7 +609,11 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
 
     For each spectrum i, ``argmin_{c >= 0} sum_j ivar_ij (X_ij - c @ T[:, j])^2``,
     computed from the per-spectrum Grams (float64) with :func:`nnls_gram`,
-    one block of spectra at a time so that memory stays bounded.
+    one block of spectra at a time so that memory stays bounded.  The Grams
+    are formed with small single-threaded matrix products spread over up to
+    4 Python threads.  Spectra whose templates are nearly dependent on their
+    observed pixels are solved from the data with :func:`scipy.optimize.nnls`
+    instead (see the module notes), so the result is exact for any templates.
 
     Parameters
     ----------
@@ -581,8 +621,8 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
         Validated flux and inverse variance (finite, ``ivar >= 0``).
     templates : ndarray of shape (n_components, n_pixels)
     block_size : int, optional
-        Spectra per block; default about 4e6 / (q^2 + q) (e.g. ~140 000 for
-        q = 5), which bounds the Gram storage to a few tens of MB.
+        Spectra per block; default about 2e6 / (q^2 + q) (e.g. ~70 000 for
+        q = 5), which bounds the working memory to ~100 MB whatever n_spectra.
     x0 : ndarray of shape (n_spectra, n_components), optional
         Warm start for the pivoting (e.g. the previous coefficients).
     return_covariance : bool, default False

@@ -180,7 +180,8 @@ def test_warm_start_gives_the_same_answer():
         np.testing.assert_allclose(nnls_gram(G, b, x0=x0), x, rtol=1e-9, atol=1e-12)
 
 
-def test_chunks_do_not_change_the_answer(monkeypatch):
+@pytest.mark.parametrize("gemm_work", [16 * 40 * 3, 16 * 5])
+def test_chunks_do_not_change_the_answer(monkeypatch, gemm_work):
     import specnmf.solvers.nnls as nnls_module
 
     X, ivar, T = make_problem("generic", n=50)
@@ -189,10 +190,12 @@ def test_chunks_do_not_change_the_answer(monkeypatch):
     np.testing.assert_allclose(weighted_nnls(X, ivar, T, block_size=7), C, rtol=1e-12, atol=1e-14)
     G, b = spectrum_grams(X, ivar, T)
     monkeypatch.setattr(nnls_module, "_CHUNK_ELEMENTS", 16 * 6)  # 6 problems per chunk
-    monkeypatch.setattr(nnls_module, "_GRAM_SUB_ELEMENTS", 40 * 3)  # 3 rows per sub-block
+    # 3 rows per product; or 1 row, 5 pixels and 16 pair columns per product
+    monkeypatch.setattr(nnls_module, "_GEMM_MAX_WORK", gemm_work)
     monkeypatch.setattr(nnls_module, "_SUBS_PER_TASK", 2)  # several threads
     np.testing.assert_allclose(nnls_gram(G, b), C, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(weighted_nnls(X, ivar, T), C, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(spectrum_grams(X, ivar, T)[0], G, rtol=1e-13)
 
 
 def test_spectrum_grams_are_the_weighted_normal_equations():
