@@ -87,8 +87,9 @@ _FREE_GRAD_FACTOR = 1e3
 _FULL_EXCHANGES = 3
 # Elements of one (q, q, m) working array: bounds the memory per chunk of problems.
 _CHUNK_ELEMENTS = 1 << 21
-# Largest matrix product (multiply-adds) issued when forming Grams (see _tiles).
-_GEMM_MAX_WORK = 1 << 18
+# Largest matrix product (multiply-adds) issued when forming Grams (see _tiles);
+# OpenBLAS runs a product on one thread below 2 * 2^18 multiply-adds.
+_GEMM_MAX_WORK = 7 << 16
 # weighted_nnls re-solves from the data (QR) the spectra whose Gram, scaled
 # to a unit diagonal, has a pivot below this (two templates that differ by a
 # relative ~3e-5 on the observed pixels, or closer): the normal equations then
@@ -452,8 +453,9 @@ def _tiles(d, n_cols):
 
     Every matrix product then has rows * pixels * columns <= _GEMM_MAX_WORK,
     small enough that BLAS runs it on one thread (OpenBLAS threads a product
-    above 2^18 multiply-adds; its threads spin-wait, which costs many times
-    the work itself on a loaded machine) and that its operands stay in cache.
+    of more than 2^19 multiply-adds; its threads spin-wait, which costs many
+    times the work itself on a loaded machine) and that its operands stay in
+    cache.
     Parallelism comes from Python threads over groups of rows instead.
     """
     cols = min(n_cols, 16)
