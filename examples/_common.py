@@ -104,23 +104,6 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def supports_sequential():
-    """Whether this specnmf's estimator accepts ``init="sequential"``."""
-    from specnmf import SpectralNMF
-
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            SpectralNMF(1, init="sequential", max_iter=0, tol=0).fit(np.ones((2, 3)))
-    except ValueError as exc:
-        if "init" in str(exc):
-            return False
-        raise
-    return True
-
-
 def sequential_fit(X, ivar, n_components, *, stage_iter=50, max_iter=1000, random_state=0,
                    **params):
     """The paper's sequential template build with ``SpectralNMF(init="sequential")``.
@@ -128,38 +111,12 @@ def sequential_fit(X, ivar, n_components, *, stage_iter=50, max_iter=1000, rando
     One template is trained for ``stage_iter`` iterations, then a flat template
     with random coefficients is added and all are trained together, up to
     ``n_components``; the fit then continues for ``max_iter`` iterations.
-
-    Fallback: an estimator without ``init="sequential"`` (older specnmf) raises
-    ValueError for it; the same stages are then run here by repeated ``fit``
-    calls with explicit starts (flat template, U(0, 2) coefficients at the
-    data's scale), which is what the estimator does internally.
     """
     from specnmf import SpectralNMF
 
-    if supports_sequential():
-        model = SpectralNMF(n_components, init="sequential", max_iter=max_iter,
-                            random_state=random_state, **params)
-        # the stage length is a class attribute of the estimator (the paper's ~50);
-        # the reduced examples shorten it to fit their time budget
-        model.sequential_iter = stage_iter
-        return model.fit(X, ivar)
-
-    # -- fallback for estimators without init="sequential" -------------------------
-    rng = np.random.default_rng(random_state)
-    observed = ivar > 0
-    scale = float(np.sum(np.where(observed, X, 0) * ivar) / max(float(np.sum(ivar)), 1e-300))
-    scale = abs(scale) if scale != 0 else 1.0
-    n, d = X.shape
-    C = np.empty((n, 0))
-    T = np.empty((0, d))
-    for k in range(1, n_components + 1):
-        C = np.concatenate([C, rng.uniform(0, 2, size=(n, 1)) * np.sqrt(scale) / k], axis=1)
-        T = np.concatenate([T, np.full((1, d), np.sqrt(scale))], axis=0)
-        model = SpectralNMF(k, max_iter=stage_iter, tol=0, **params)
-        model.fit(X, ivar, templates=T, coefficients=C)
-        C, T = model.coefficients_, model.templates_
-    model = SpectralNMF(n_components, max_iter=max_iter, **params)
-    return model.fit(X, ivar, templates=T, coefficients=C)
+    model = SpectralNMF(n_components, init="sequential", max_iter=max_iter,
+                        random_state=random_state, sequential_iter=stage_iter, **params)
+    return model.fit(X, ivar)
 
 
 def environment():

@@ -156,7 +156,6 @@ def main(argv=None):
         "n_iter": {k: int(m.n_iter_) for k, m in models.items()},
         "seconds": {"simulate": t_sim.seconds, "preprocess": t_pre.seconds, "fit": fit_seconds,
                     "validate": t_val.seconds},
-        "sequential_in_estimator": _common.supports_sequential(),
         "figures": figs,
     }
     path = _common.write_summary(out, summary)

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _validation as V
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
-from .engine import make_engine
+from .engine import InMemory, make_engine
 from .init import INITS, check_random_state, nndsvd_init, random_init
 from .objective import _chi2
 from .solvers import SOLVERS, run
@@ -148,7 +148,8 @@ class SpectralNMF(_ParamsMixin):
         scalar shift ``shift``; slower as the shift grows.  ``"clip"``: the
         prior-work baseline (negative flux clipped to 0, weighted
         multiplicative updates of Zhu 2016), biased high where the signal is
-        near 0; for comparisons only.  ``"anls"``: exact alternating weighted
+        near 0; for comparisons only (its ``chi2_`` is that of the clipped
+        data, the objective it decreases).  ``"anls"``: exact alternating weighted
         NNLS, the fastest to converge for few components.  ``"apg"``:
         alternating accelerated proximal gradient (Xu & Yin 2013) with
         restart.  All minimise the same objective and never increase it.
@@ -169,7 +170,8 @@ class SpectralNMF(_ParamsMixin):
         coefficients) for 50 iterations, then a flat template and random
         coefficients are added and all are trained together for 50 more, up
         to ``n_components``; then the fit proper runs.  Templates come out
-        roughly ordered by explained variance.
+        roughly ordered by explained variance.  ``chi2_`` records the final
+        stage only.
     random_state : int, numpy.random.Generator or None, default=None
         Seed for random starts and restarts.
     dtype : {"float64", "float32"}, default="float64"
@@ -200,6 +202,8 @@ class SpectralNMF(_ParamsMixin):
         Write the state of the fit here every ``checkpoint_every`` iterations
         (atomically); ``fit(..., resume=True)`` continues from it.
     checkpoint_every : int, default=10
+    sequential_iter : int, default=50
+        Iterations per stage of ``init="sequential"`` (the paper's ~50).
 
     Attributes
     ----------
@@ -278,16 +282,14 @@ class SpectralNMF(_ParamsMixin):
         "backend": _options(*BACKENDS),
         "checkpoint": _optional_path,
         "checkpoint_every": _interval(Integral, 1),
+        "sequential_iter": _interval(Integral, 0),
     }
-
-    #: iterations per stage of ``init="sequential"`` (the paper's ~50)
-    sequential_iter = 50
 
     def __init__(self, n_components, *, solver="nearly", max_iter=1000, tol=1e-6,
                  init="random", random_state=None, dtype="float64", verbose=False,
                  shift=None, smoothness=0.0, sparsity=0.0, spatial=0.0, n_init=1,
                  patience=1, block_size=None, backend="numpy", checkpoint=None,
-                 checkpoint_every=10):
+                 checkpoint_every=10, sequential_iter=50):
         self.n_components = n_components
         self.solver = solver
         self.max_iter = max_iter
@@ -306,6 +308,7 @@ class SpectralNMF(_ParamsMixin):
         self.backend = backend
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
+        self.sequential_iter = sequential_iter
 
     # -- validation ----------------------------------------------------------
     def _validate_params(self):
@@ -445,6 +448,9 @@ class SpectralNMF(_ParamsMixin):
 
         def solve(C, T, max_iter, tol, **kw):
             solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties)
+            if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
+                    and engine.block_rows < n:
+                engine.block_rows = min(n, solver.preferred_block_rows(d, C.shape[1]))
             return run(solver, engine, to_xp(C), to_xp(T), max_iter=max_iter, tol=tol,
                        patience=self.patience, penalties=penalties, xp=xp,
                        verbose=self.verbose, **kw)

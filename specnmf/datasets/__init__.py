@@ -11,11 +11,12 @@ from importlib import resources
 import numpy as np
 
 from ._ifu import Bunch, make_ifu_cube
-from ._simulate import make_doublet, make_quasars
+from ._simulate import SimulatedSpectra, make_doublet, make_quasars
 
 __all__ = [
     "make_doublet",
     "make_quasars",
+    "SimulatedSpectra",
     "load_doublet",
     "load_coelho",
     "load_coelho_prototypes",

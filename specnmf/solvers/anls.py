@@ -55,6 +55,11 @@ class _Alternating:
     def prepare_key(self):
         return ("gram",)
 
+    def preferred_block_rows(self, n_pixels, n_components):
+        """Spectra per in-memory block: large, since the Gram form makes no
+        (rows, n_pixels) temporaries and its products prefer big operands."""
+        return max(8, (1 << 23) // max(1, n_pixels))
+
     def prepare_block(self, X, ivar):
         xp = self.xp
         vx2 = xp.sum(ivar * X * X, axis=1, dtype=xp.float64)

@@ -106,6 +106,17 @@ class _Multiplicative:
     def _use_gram(self, q):
         return self.form == "gram" or (self.form == "auto" and q <= self.GRAM_MAX_Q)
 
+    def preferred_block_rows(self, n_pixels, n_components):
+        """Spectra per in-memory block.
+
+        The Gram form makes no (rows, n_pixels) temporaries and its products
+        are most efficient on large blocks; the dense form makes several, and
+        is fastest when they stay in cache (measured: ~16 spectra of 5700
+        pixels beat both 64 and 2000 by 1.5-2.5x).
+        """
+        elements = (1 << 23) if self._use_gram(n_components) else (1 << 17)
+        return max(8, elements // max(1, n_pixels))
+
     def prepare_key(self):
         return (type(self).__name__, getattr(self, "shift", 0.0))
 
