@@ -532,7 +532,6 @@ class SpectralNMF(_ParamsMixin):
         params = {key: value for key, value in self.get_params().items()
                   if key not in ("max_iter", "tol", "patience", "verbose", "checkpoint",
                                  "checkpoint_every", "block_size")}
-        params["random_state"] = repr(params["random_state"])
         return fingerprint(n, d, params)
 
     def _checkpointer(self, n, d):
