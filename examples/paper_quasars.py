@@ -16,7 +16,7 @@ Scales (iterations chosen so the reduced scale runs in minutes on 2 cores):
 scale      train    valid   dloglam     stage iters     max_iter
 =========  =======  ======  ==========  ==============  ==========
 tiny       600      150     8e-4        5               20
-reduced    20 000   5 000   8e-4        15              100
+reduced    20 000   5 000   8e-4        50              400
 paper      130 000  70 000  1e-4        50              1000
 =========  =======  ======  ==========  ==============  ==========
 
@@ -48,8 +48,8 @@ import _common  # noqa: E402
 
 SETTINGS = {
     "tiny": {"n_train": 600, "n_valid": 150, "dloglam": 8e-4, "stage_iter": 5, "max_iter": 20},
-    "reduced": {"n_train": 20000, "n_valid": 5000, "dloglam": 8e-4, "stage_iter": 15,
-                "max_iter": 100},
+    "reduced": {"n_train": 20000, "n_valid": 5000, "dloglam": 8e-4, "stage_iter": 50,
+                "max_iter": 400},
     "paper": {"n_train": 130000, "n_valid": 70000, "dloglam": 1e-4, "stage_iter": 50,
               "max_iter": 1000},
 }
@@ -64,6 +64,9 @@ def main(argv=None):
                             help="override the scale's number of training spectra")
         parser.add_argument("--n-valid", type=int, default=None,
                             help="override the scale's number of validation spectra")
+        parser.add_argument("--smoothness", type=float, default=0.0,
+                            help="smoothness penalty for the noisy fit only (default 0: the "
+                                 "paper's unregularised Nearly-NMF objective)")
 
     args = _common.parse_args(__doc__.splitlines()[0], solver=True, argv=argv, extra=extra)
     out = _common.output_dir(args, "paper_quasars")
@@ -112,13 +115,15 @@ def main(argv=None):
     models = {}
     fit_seconds = {}
     for name, data in (("noisy", flux_n), ("noise_free", truth_n)):
+        # the noise-free templates are the reference: never regularised
+        extra_params = {"smoothness": args.smoothness} if name == "noisy" and args.smoothness else {}
         with _common.Timer() as t:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # ConvergenceWarning at the set max_iter
                 models[name] = _common.sequential_fit(
                     data[tr], ivar_n[tr], N_COMPONENTS, stage_iter=cfg["stage_iter"],
                     max_iter=cfg["max_iter"], random_state=args.seed, solver=args.solver,
-                    tol=1e-7, dtype="float32")
+                    tol=1e-7, dtype="float32", **extra_params)
         fit_seconds[name] = t.seconds
         log.info("%s templates (%s, sequential): %d iterations after the stages, %.1f s",
                  name, args.solver, models[name].n_iter_, t.seconds)
@@ -143,6 +148,7 @@ def main(argv=None):
                     n_train, va)
     summary = {
         "scale": args.scale, "solver": args.solver, "settings": cfg,
+        "smoothness_noisy_fit": args.smoothness,
         "n_components": N_COMPONENTS,
         "n_pixels_observed": int(sim.X.shape[1]), "n_pixels_rest": int(wave.size),
         "rest_range": [float(wave[0]), float(wave[-1])], "trim": [low, high],

@@ -108,15 +108,18 @@ def check_spectra(X, ivar=None, *, dtype="float64"):
         if ivar.shape != X.shape:
             raise ValueError(f"ivar must have the shape of X {X.shape}; got {ivar.shape}")
         ivar = ivar.astype(dt, copy=False)
-        if not np.all(np.isfinite(ivar)):
-            raise ValueError("ivar contains NaN or inf; use ivar=0 for missing data")
-        if np.any(ivar < 0):
+        # fast path: two reductions, no temporaries (NaN propagates through min/max)
+        if not (ivar.min() >= 0 and ivar.max() < np.inf):
+            if not np.all(np.isfinite(ivar)):
+                raise ValueError("ivar contains NaN or inf; use ivar=0 for missing data")
             raise ValueError(
                 f"ivar must be >= 0 (inverse variance); found {int(np.sum(ivar < 0))} negative values"
             )
     X = X.astype(dt, copy=False)
-    bad = ~np.isfinite(X)
-    if bad.any():
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = bool(np.isfinite(X.min()) and np.isfinite(X.max()))
+    bad = None if finite else ~np.isfinite(X)
+    if bad is not None:
         bad_weighted = bad & (ivar > 0)
         if bad_weighted.any():
             i, j = np.argwhere(bad_weighted)[0]

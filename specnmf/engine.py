@@ -221,16 +221,75 @@ class InMemory(Engine):
             self._summary = summarize_block(self.X, self.ivar)
         return super().scan()
 
+    def _coverage(self):
+        """First and last observed pixel of every spectrum, and the order sorting the first."""
+        if getattr(self, "_coverage_cache", None) is None:
+            observed = self.ivar > 0
+            seen = observed.any(axis=1)
+            first = np.where(seen, observed.argmax(axis=1), 0)
+            last = np.where(seen, self.n_pixels - 1 - observed[:, ::-1].argmax(axis=1), 0)
+            self._coverage_cache = (first, last, np.argsort(first, kind="stable"))
+        return self._coverage_cache
+
+    def cropped_fraction(self, block_rows):
+        """Share of the (n_spectra, n_pixels) entries inside the observed spans of sorted blocks."""
+        first, last, order = self._coverage()
+        starts = np.arange(0, self.n_spectra, block_rows)
+        lo = np.minimum.reduceat(first[order], starts)
+        hi = np.maximum.reduceat(last[order], starts) + 1
+        rows = np.diff(np.append(starts, self.n_spectra))
+        return float(np.sum(rows * np.maximum(hi - lo, 1))) / (self.n_spectra * self.n_pixels)
+
+    def choose_block_rows(self, large, small, *, gain=0.6):
+        """Small cropped blocks when they skip enough unobserved pixels, else large ones.
+
+        Small blocks cost ~1.5x in product efficiency (measured), so they are
+        used only when cropping leaves less than ``gain`` of the work.
+        """
+        if is_numpy_namespace(self.xp) and small < large and self.cropped_fraction(small) < gain:
+            return small
+        return large
+
+    def _coverage_blocks(self):
+        """Row blocks of spectra sorted by first observed pixel, with their observed span.
+
+        Survey spectra in a common rest frame observe one contiguous window
+        each (61 % of the paper's quasar matrix is missing that way).  Sorted
+        by where the window starts, the spectra of a block share most of it,
+        so every product of the pass can skip the pixels no spectrum of the
+        block observes.  Returns ``[(index array, column slice), ...]``.
+        """
+        first, last, order = self._coverage()
+        out = []
+        for s in range(0, self.n_spectra, self.block_rows):
+            idx = order[s:s + self.block_rows]
+            lo, hi = int(first[idx].min()), int(last[idx].max()) + 1
+            out.append((idx, slice(lo, max(hi, lo + 1))))
+        return out
+
     def run_pass(self, solver, fn, C):
-        key = solver.prepare_key()
+        key = (solver.prepare_key(), self.block_rows)
+        crop = is_numpy_namespace(self.xp) and getattr(solver, "crops_blocks", False)
         if self._prepared_for != key:
-            self._prepared = [(rows, solver.prepare_block(Xb, ib)) for rows, Xb, ib in self.blocks()]
+            if crop:
+                self._prepared = [
+                    (idx, solver.prepare_block(self.X[idx][:, cols], self.ivar[idx][:, cols])._replace(cols=cols))
+                    for idx, cols in self._coverage_blocks()]
+            else:
+                self._prepared = [(rows, solver.prepare_block(Xb, ib)) for rows, Xb, ib in self.blocks()]
             self._prepared_for = key
         parts, total = [], None
         for rows, block in self._prepared:
             part, stats = fn(rows, block, C[rows, ...])
             parts.append((rows, part))
             total = sum_stats(total, stats)
+        if crop and parts[0][1] is not None:
+            # back to the caller's order of spectra: one part covering all rows
+            first = parts[0][1]
+            full = np.empty((self.n_spectra, *first.shape[1:]), dtype=first.dtype)
+            for idx, part in parts:
+                full[idx] = part
+            parts = [(slice(0, self.n_spectra), full)]
         return parts, total
 
 

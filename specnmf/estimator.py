@@ -450,7 +450,11 @@ class SpectralNMF(_ParamsMixin):
             solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties)
             if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
                     and engine.block_rows < n:
-                engine.block_rows = min(n, solver.preferred_block_rows(d, C.shape[1]))
+                large = solver.preferred_block_rows(d, C.shape[1])
+                if solver.crops_blocks:
+                    # blocks of spectra sorted by coverage skip the pixels none of them observe
+                    large = engine.choose_block_rows(large, max(16, (3 << 17) // d))
+                engine.block_rows = min(n, large)
             return run(solver, engine, to_xp(C), to_xp(T), max_iter=max_iter, tol=tol,
                        patience=self.patience, penalties=penalties, xp=xp,
                        verbose=self.verbose, **kw)
@@ -649,7 +653,8 @@ class SpectralNMF(_ParamsMixin):
         sigma = np.zeros((n, k)) if return_uncertainty else None
         cov = np.zeros((n, k, k)) if return_covariance else None
         coupled = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
-        if coupled:
+        if coupled or type(engine) is InMemory:
+            # weighted_nnls blocks its own work; one call avoids its fixed costs per block
             engine.block_rows = n
         want_cov = sigma is not None or cov is not None
         for rows, Xb, ib in engine.blocks():

@@ -51,6 +51,10 @@ class _Alternating:
         self.xp = xp
         self.penalties = tuple(penalties)
         self._tprod = gram.TemplateProducts()
+        # blocks may be cropped to the pixels their spectra observe (see
+        # engine.InMemory), unless a penalty reads neighbouring spectra in order
+        self.crops_blocks = not any(getattr(p, "needs_all_coefficients", False)
+                                    for p in self.penalties)
 
     def prepare_key(self):
         return ("gram",)
@@ -66,7 +70,7 @@ class _Alternating:
         return Block(X, ivar, (ivar * X, vx2))
 
     def block_chi2(self, block, C, T):
-        return gram.block_chi2(block.X, block.ivar, C, T, self.xp)
+        return gram.block_chi2(block.X, block.ivar, C, T[:, block.cols], self.xp)
 
     # -- penalties as quadratic models ----------------------------------------
     def _coef_colours(self, n_rows, like):
@@ -121,28 +125,30 @@ class _Alternating:
         xp = self.xp
         C, extra = self._split_rows(P)
         vx, vx2 = block.aux
-        q = T.shape[0]
-        Tt, PT = self._tprod(T, xp)
+        q, d = T.shape
+        T_full = T
+        T, Tt, PT = gram.crop(T, self._tprod(T, xp), block.cols)   # the block's pixels
         Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
         a = vx @ Tt
         if C.dtype == xp.float64:
             chi = gram.chi2_from_grams(vx2, a, Gp, C, xp)
         else:
-            chi = self.block_chi2(block, C, T)
+            chi = self.block_chi2(block, C, T_full)
         G = gram.unpack(Gp, q, xp)
         C_new = C
         info = None
         for mask in self._coef_colours(C.shape[0], C):
             # a colouring (spatial) penalty needs the current neighbours; it is
             # only allowed with all spectra in one in-memory block
-            diag, lin = self._coef_quadratic(C_new, T, rows, C_all if mask is None else C_new)
+            diag, lin = self._coef_quadratic(C_new, T_full, rows, C_all if mask is None else C_new)
             Gq = G if diag is None else gram.add_diagonal(G, diag, xp)
             b = a if lin is None else a + lin
             F, info = self._solve(Gq, b, C_new, "coefficients", extra, info)
             C_new = F if mask is None else xp.where(mask[:, None], F, C_new)
         A = xp.astype(xp.matrix_transpose(C_new) @ vx, xp.float64)
         Gpix = xp.astype(gram.pixel_grams(block.ivar, C_new, xp), xp.float64)
-        return self._join_rows(C_new, info), (chi, A, Gpix)
+        return self._join_rows(C_new, info), (chi, gram.widen(A, block.cols, d, xp),
+                                              gram.widen(Gpix, block.cols, d, xp))
 
     def templates_step(self, T, stats, C=None):
         xp = self.xp

@@ -89,6 +89,23 @@ class TemplateProducts:
         return {"_key": None, "_value": None}
 
 
+def crop(T, products_, cols):
+    """``(T, T^T, P(T)^T)`` restricted to the pixels ``cols`` of a cropped block."""
+    Tt, PT = products_
+    if cols == slice(None):
+        return T, Tt, PT
+    return T[:, cols], Tt[cols, :], PT[cols, :]
+
+
+def widen(stat, cols, d, xp):
+    """A block statistic over the pixels ``cols`` as a full-width (rows, d) array of zeros elsewhere."""
+    if cols == slice(None) or not hasattr(stat, "shape"):
+        return stat
+    full = xp.zeros((stat.shape[0], d), dtype=stat.dtype)
+    full[:, cols] = stat
+    return full
+
+
 def row_grams(ivar_b, T, xp, *, PT=None):
     """Packed per-spectrum Grams ``T diag(ivar_i) T^T``, of shape (b, q(q+1)/2).
 

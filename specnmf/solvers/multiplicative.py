@@ -35,8 +35,10 @@ __all__ = ["NearlyNMF", "ShiftNMF", "ClipNMF", "ZERO_DIVISION", "Block", "minima
 #: Value given to an entry whose update has a zero denominator (published code: 1e-6).
 ZERO_DIVISION = 1e-6
 
-#: One block of rows: flux, inverse variance and solver-specific precomputed data.
-Block = namedtuple("Block", ["X", "ivar", "aux"])
+#: One block of rows: flux, inverse variance, solver-specific precomputed data,
+#: and the pixels ``cols`` the block's arrays cover (an engine may crop a block
+#: to the span of pixels its spectra observe; outside it every ivar is 0).
+Block = namedtuple("Block", ["X", "ivar", "aux", "cols"], defaults=(slice(None),))
 
 
 def _pos(a, xp):
@@ -99,6 +101,8 @@ class _Multiplicative:
         self.penalties = tuple(penalties)
         self._tprod = gram.TemplateProducts()
         self.zero_division = zero_division
+        self.crops_blocks = not any(getattr(p, "needs_all_coefficients", False)
+                                    for p in self.penalties)
         if form not in ("auto", "gram", "dense"):
             raise ValueError(f"form must be 'auto', 'gram' or 'dense'; got {form!r}")
         self.form = form
@@ -145,7 +149,7 @@ class _Multiplicative:
         """chi^2 of the *unshifted* data of one block at (C, T), accumulated in float64."""
         xp = self.xp
         X = block.X - self.shift if self.shift else block.X
-        return gram.block_chi2(X, block.ivar, C, T, xp)
+        return gram.block_chi2(X, block.ivar, C, T[:, block.cols], xp)
 
     def block_step(self, block, C, T, *, rows=slice(None), C_all=None):
         """New coefficients of one block, its template statistics, and chi^2 at (C, T).
@@ -155,8 +159,9 @@ class _Multiplicative:
         xp = self.xp
         vx, vx2 = block.aux[:2]
         y = self.shift
-        q = T.shape[0]
-        Tt, PT = self._tprod(T, xp)
+        q, d = T.shape
+        T_full = T
+        T, Tt, PT = gram.crop(T, self._tprod(T, xp), block.cols)   # the block's pixels
         a = vx @ Tt                                  # (ivar*X') T^T
         if self._use_gram(q):
             Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
@@ -169,7 +174,7 @@ class _Multiplicative:
                 chi = gram.chi2_from_grams(vx2, a_data, Gp, C, xp)
             else:
                 # float32 sums of products cancel badly; recompute from the residual
-                chi = self.block_chi2(block, C, T)
+                chi = self.block_chi2(block, C, T_full)
             model_term = gram.gram_matvec(gram.unpack(Gp, q, xp), C, xp)
             if y:
                 model_term = model_term + y * vt
@@ -180,9 +185,10 @@ class _Multiplicative:
             model_term = (block.ivar * (M + y if y else M)) @ Tt
         num, den = self._coef_num_den(a, model_term)
         if self.penalties:
-            num, den = _add_penalty_split(num, den, self._coef_splits(C, T, rows, C_all))
+            num, den = _add_penalty_split(num, den, self._coef_splits(C, T_full, rows, C_all))
         C_new = multiplicative_update(C, num, den, xp, self.zero_division)
-        return C_new, (chi, *self._template_stats(block, C_new, T))
+        stats = (gram.widen(s_, block.cols, d, xp) for s_ in self._template_stats(block, C_new, T))
+        return C_new, (chi, *stats)
 
     def _template_stats(self, block, C, T):
         xp = self.xp
