@@ -110,8 +110,14 @@ def row_grams(ivar_b, T, xp, *, PT=None):
     """Packed per-spectrum Grams ``T diag(ivar_i) T^T``, of shape (b, q(q+1)/2).
 
     ``PT`` is ``P(T)^T`` if the caller already has it (see :class:`TemplateProducts`).
+    In float64 computed as ``(P(T) ivar_b^T)^T``: the same product, but
+    OpenBLAS runs that orientation of a 15-column result ~1.6x faster (measured;
+    float32 shows no gain).
     """
-    return ivar_b @ (xp.matrix_transpose(products(T, xp, axis=0)) if PT is None else PT)
+    if ivar_b.dtype != xp.float64:
+        return ivar_b @ (xp.matrix_transpose(products(T, xp, axis=0)) if PT is None else PT)
+    P = products(T, xp, axis=0) if PT is None else xp.matrix_transpose(PT)
+    return xp.matrix_transpose(P @ xp.matrix_transpose(ivar_b))
 
 
 def pixel_grams(ivar_b, C_b, xp):
