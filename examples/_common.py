@@ -17,7 +17,7 @@ import numpy as np
 SCALES = ("tiny", "reduced", "paper")
 
 
-def parse_args(description, *, solver=False, argv=None, extra=None):
+def parse_args(description, *, solver=False, argv=None, extra=None, default_solver="nearly"):
     """``--scale {tiny,reduced,paper}`` (default reduced), ``--out DIR``, optional ``--solver``.
 
     ``extra(parser)`` may add script-specific arguments.
@@ -31,9 +31,9 @@ def parse_args(description, *, solver=False, argv=None, extra=None):
                              "(default: paper_output/<script name>)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     if solver:
-        parser.add_argument("--solver", default="nearly",
+        parser.add_argument("--solver", default=default_solver,
                             choices=("nearly", "shift", "clip", "anls", "apg"),
-                            help="solver for the template fits (default: nearly, as in the paper)")
+                            help=f"solver for the template fits (default: {default_solver})")
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
