@@ -27,10 +27,8 @@ status 0 without measuring anything.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -108,7 +106,7 @@ def main(argv=None):
 
     from specnmf import SpectralNMF, chi2
 
-    from .scale_hdf5 import calibrate_noise, simulate_block, simulate_templates
+    from .scale_hdf5 import calibrate_noise, emit_report, simulate_block, simulate_templates
 
     T_true = simulate_templates(args.q, args.d, seed=0)
     noise = calibrate_noise(T_true, observed_fraction=0.39, negative_fraction=0.114, seed=0)
@@ -159,11 +157,7 @@ def main(argv=None):
             "speedup_vs_paper_cupy": paper_s / ours_s,
             "chi2_relative_difference": abs(model.chi2_[-1] - paper_chi2) / paper_chi2,
         }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
-    return report
+    return emit_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -190,6 +190,15 @@ print(json.dumps({
 """
 
 
+def emit_report(report, out=None):
+    """Print the JSON report (and write it to ``out`` if given); returns it."""
+    text = json.dumps(report, indent=2)
+    if out:
+        Path(out).write_text(text)
+    print(text)
+    return report
+
+
 def fit_in_child(path, solver, *, q, iters, block_size, threads=None):
     """Fit in a fresh interpreter; return its report plus its peak RSS (GiB)."""
     env = dict(os.environ)
@@ -266,11 +275,7 @@ def main(argv=None):
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
     report["machine"]["load_after"] = _load()
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
-    return report
+    return emit_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .scale_hdf5 import _load, fit_in_child, peak_rss_gib, write_hdf5
+from .scale_hdf5 import _load, emit_report, fit_in_child, peak_rss_gib, write_hdf5
 
 N_SPECTRA = 130_000
 N_PIXELS = 11_050
@@ -82,11 +82,7 @@ def main(argv=None):
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)
     report["machine"]["load_after"] = _load()
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
-    return report
+    return emit_report(report, args.out)
 
 
 if __name__ == "__main__":
