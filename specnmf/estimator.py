@@ -362,7 +362,7 @@ class SpectralNMF(_ParamsMixin):
             X, ivar = engine._read(slice(0, n))
             C0, T0 = nndsvd_init(X, ivar, k, rng, dt, fill_zeros=self.init == "nndsvda")
         else:
-            C0, T0 = random_init(None, None, k, rng, dt, shape=(n, d), scale=summary.data_scale)
+            C0, T0 = random_init((n, d), k, rng, dt, scale=summary.data_scale)
         if templates is None and coefficients is None:
             return C0, T0
         if not engine.in_memory:

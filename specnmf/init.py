@@ -29,27 +29,16 @@ def check_random_state(seed) -> np.random.Generator:
     )
 
 
-def _data_scale(X, ivar) -> float:
-    """Typical positive flux level: weighted mean of X, or of |X| if that is <= 0."""
-    wsum = float(np.sum(ivar))
-    if wsum <= 0:
-        return 1.0
-    mean = float(np.sum(ivar * X) / wsum)
-    if mean <= 0:
-        mean = float(np.sum(ivar * np.abs(X)) / wsum)
-    return mean if mean > 0 else 1.0
-
-
-def random_init(X, ivar, n_components, rng, dtype=np.float64, *, shape=None, scale=None):
+def random_init(shape, n_components, rng, dtype=np.float64, *, scale=1.0):
     """Uniform random coefficients and templates with ``C @ T`` at the data's scale.
 
-    Entries are ``a * U(0, 2)`` with ``a = sqrt(mean / n_components)``, so the
-    mean of the model matches the weighted mean flux.  The published code used
-    ``U(0, 2)`` without the scale.  For data not in memory pass ``X=ivar=None``
-    with ``shape=(n_spectra, n_pixels)`` and the ``scale`` from one pass.
+    ``shape`` is ``(n_spectra, n_pixels)``.  Entries are ``a * U(0, 2)`` with
+    ``a = sqrt(scale / n_components)``, so the mean of the model matches
+    ``scale``, the typical flux (``engine.DataSummary.data_scale``).  The
+    published code used ``U(0, 2)`` without the scale.
     """
-    n, d = X.shape if shape is None else shape
-    a = np.sqrt((_data_scale(X, ivar) if scale is None else scale) / n_components)
+    n, d = shape
+    a = np.sqrt(scale / n_components)
     C = a * rng.uniform(0.0, 2.0, size=(n, n_components))
     T = a * rng.uniform(0.0, 2.0, size=(n_components, d))
     return C.astype(dtype), T.astype(dtype)

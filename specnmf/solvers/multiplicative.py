@@ -221,13 +221,6 @@ class _Multiplicative:
             num, den = _add_penalty_split(num, den, self._templ_splits(C, T))
         return multiplicative_update(T, num, den, xp, self.zero_division)
 
-    # backwards-compatible pieces of the protocol
-    def coefficients_step(self, block, C, T, *, rows=slice(None), C_all=None):
-        return self.block_step(block, C, T, rows=rows, C_all=C_all)[0]
-
-    def template_stats(self, block, C, T):
-        return self._template_stats(block, C, T)
-
     def state(self):
         """Iteration state beyond (C, T): none for multiplicative updates."""
         return {}
