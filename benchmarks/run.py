@@ -11,8 +11,9 @@ one run, on the same simulated data and from the same start):
 ``periter``
     Time per iteration of ``SpectralNMF(solver="nearly")`` and of
     :func:`benchmarks.baseline.nearly_baseline` at d=5700, n=2000, q=5, in
-    float64 and float32, with 1 and 2 BLAS threads
-    (``threadpoolctl.threadpool_limits``).  Both are timed the same way: the
+    float64 and float32, with 1 and 2 threads (BLAS threads by
+    ``threadpoolctl.threadpool_limits``, specnmf's compiled kernels by
+    ``numba.set_num_threads``).  Both are timed the same way: the
     median wall time between consecutive per-iteration callbacks (the paper's
     statistic; ``fit(callback=...)`` of the public estimator), or, for an
     estimator without a callback, the wall time of a run of ``m2`` iterations
@@ -88,7 +89,8 @@ def make_config(quick=False, smoke=False):
                    # needs about baseline_iter, the others should need far fewer
                    "cap": {"nearly": [1100], "default": [50, 300]},
                    "direct_seconds": 30.0},
-        "transform": {"n": 5000, "d": 3000, "q": 5, "repeats": 3, "loop_repeats": 1},
+        "transform": {"n": 5000, "d": 3000, "q": 5, "repeats": 5, "loop_repeats": 1,
+                      "threads": [1, 2]},
         "sweep": {"n": [int(v) for v in np.geomspace(50, 2000, 5).round()],
                   "d": [11400 // 2**i for i in range(5)],
                   "q": list(range(1, 11)),
@@ -456,6 +458,15 @@ _TASKS = {
 }
 
 
+def _set_kernel_threads(n):
+    """The thread limit for specnmf's numba kernels (BLAS is limited separately)."""
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 def _child(task):
     """Entry point of a child process: run one measurement under a thread limit."""
     import traceback
@@ -463,6 +474,7 @@ def _child(task):
     from threadpoolctl import threadpool_limits
 
     logging.basicConfig(level=logging.WARNING)
+    _set_kernel_threads(task.get("threads", 1))
     try:
         with threadpool_limits(limits=task.get("threads", 1)):
             out = _TASKS[task["kind"]](task)
@@ -526,18 +538,18 @@ def run_target(cfg):
 
 def run_transform(cfg):
     c = cfg["transform"]
-    size = dict(n=c["n"], d=c["d"], q=c["q"], threads=1)
-    spec = _measure(dict(size, kind="transform", repeats=c["repeats"]))
-    loop = _measure(dict(size, kind="nnls_loop", repeats=c["loop_repeats"]))
+    size = dict(n=c["n"], d=c["d"], q=c["q"])
+    # the loop is single-threaded by nature; specnmf on one thread and on all
+    spec = {t: _measure(dict(size, threads=t, kind="transform", repeats=c["repeats"]))
+            for t in c["threads"]}
+    loop = _measure(dict(size, threads=1, kind="nnls_loop", repeats=c["loop_repeats"]))
     out = {"config": c, "specnmf": spec, "loop": loop}
-    if spec.get("ok") and loop.get("ok"):
-        a = np.asarray(spec.pop("coefficients"))
-        b = np.asarray(loop.pop("coefficients"))
-        out["coefficients_max_rel"] = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-        out["chi2_rel"] = float(abs(spec["chi2"] - loop["chi2"]) / loop["chi2"])
-    else:
-        spec.pop("coefficients", None)
-        loop.pop("coefficients", None)
+    b = np.asarray(loop.pop("coefficients")) if loop.get("ok") else None
+    for t, res in spec.items():
+        a = np.asarray(res.pop("coefficients")) if res.get("ok") else None
+        if a is not None and b is not None:
+            res["coefficients_max_rel"] = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+            res["chi2_rel"] = float(abs(res["chi2"] - loop["chi2"]) / loop["chi2"])
     return out
 
 
@@ -607,7 +619,7 @@ def render(results):
     out = []
     meta = results["meta"]
     out.append(f"Measured {meta['date']} on {meta['machine']} ({meta['cpu_count']} CPUs), "
-               f"numpy {meta['numpy']}, BLAS {meta['blas']}, specnmf {meta['specnmf']} "
+               f"numpy {meta['numpy']}, BLAS {meta['blas']}, kernels {meta.get('kernels', '?')}, specnmf {meta['specnmf']} "
                f"(commit {meta['commit']}); load average {meta['load_before']} before, "
                f"{meta['load_after']} after; {meta['mode']} run, "
                f"{meta['total_s']:.0f} s.  Ratios are baseline time / specnmf time.")
@@ -662,18 +674,21 @@ def render(results):
     if "transform" in results:
         r = results["transform"]
         c = r["config"]
-        s, loop = r["specnmf"], r["loop"]
+        spec, loop = r["specnmf"], r["loop"]
         out.append(f"\n### transform: batched weighted NNLS (n={c['n']}, d={c['d']}, "
-                   f"q={c['q']}, 1 thread)\n")
-        rows = [["scipy.optimize.nnls loop", f"{loop['time_s']:.3f}" if loop.get("ok")
-                 else _err(loop), "1.00x", _mib(loop)],
-                ["SpectralNMF.transform", f"{s['time_s']:.3f}" if s.get("ok") else _err(s),
-                 _ratio(loop.get("time_s"), s.get("time_s")), _mib(s)]]
-        out.append(_md(["method", "seconds", "ratio", "extra MiB"], rows))
-        if "coefficients_max_rel" in r:
-            out.append(f"\nLargest coefficient difference / largest coefficient: "
-                       f"{r['coefficients_max_rel']:.1e}; relative chi^2 difference: "
-                       f"{r['chi2_rel']:.1e}.")
+                   f"q={c['q']}; median of {c['repeats']})\n")
+        rows = [["scipy.optimize.nnls loop", 1, f"{loop['time_s']:.4f}" if loop.get("ok")
+                 else _err(loop), "1.00x", _mib(loop), ""]]
+        for t, s in spec.items():
+            diff = (f"{s['coefficients_max_rel']:.1e} / {s['chi2_rel']:.1e}"
+                    if "coefficients_max_rel" in s else "")
+            rows.append(["SpectralNMF.transform", t,
+                         f"{s['time_s']:.4f}" if s.get("ok") else _err(s),
+                         _ratio(loop.get("time_s"), s.get("time_s")), _mib(s), diff])
+        out.append(_md(["method", "threads", "seconds", "ratio", "extra MiB",
+                        "coefficient / chi^2 difference"], rows))
+        out.append("\nDifferences: largest coefficient difference over the largest "
+                   "coefficient, and relative difference of the total chi^2.")
 
     sweeps = [results[k] for k in ("sweep_n", "sweep_d", "sweep_q") if k in results]
     for sw in sweeps:
@@ -714,9 +729,20 @@ def _meta(mode):
                        f"{platform.processor() or ''}".strip(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "blas": ", ".join(blas) or "unknown",
+            "kernels": _kernels_meta(),
             "specnmf": specnmf.__version__, "commit": commit, "mode": mode,
             "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
             "load_before": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _kernels_meta():
+    from specnmf import _kernels
+
+    if not _kernels.available():
+        return "numpy/BLAS only (numba not installed or disabled)"
+    import numba
+
+    return f"numba {numba.__version__}"
 
 
 def _jsonable(obj):

@@ -447,7 +447,8 @@ class SpectralNMF(_ParamsMixin):
             return a if is_numpy_namespace(xp) else asarray(a, xp, dtype=dt, device=device)
 
         def solve(C, T, max_iter, tol, **kw):
-            solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties)
+            solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties,
+                                           n_components=C.shape[1])
             if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
                     and engine.block_rows < n:
                 large = solver.preferred_block_rows(d, C.shape[1])
@@ -635,6 +636,9 @@ class SpectralNMF(_ParamsMixin):
 
         self._check_fitted()
         dt = self.templates_.dtype
+        fast = self._transform_fast(X, ivar, return_uncertainty, return_covariance)
+        if fast is not None:
+            return fast
         engine = make_engine(X, ivar, block_size=self.block_size, dtype=dt)
         if engine.n_pixels != self.n_features_in_:
             raise ValueError(f"X has {engine.n_pixels} pixels but the model was fitted with "
@@ -682,6 +686,36 @@ class SpectralNMF(_ParamsMixin):
                 sigma[rows] = np.sqrt(np.clip(np.diagonal(cb, axis1=1, axis2=2), 0, None))
         out = (C.astype(dt, copy=False),)
         if return_uncertainty:
+            out += (sigma.astype(dt, copy=False),)
+        if return_covariance:
+            out += (cov.astype(dt, copy=False),)
+        return out[0] if len(out) == 1 else out
+
+    def _transform_fast(self, X, ivar, return_uncertainty, return_covariance):
+        """transform of plain in-memory arrays by the compiled kernel, or None.
+
+        The kernel checks the data while it computes the Grams, so the data
+        are read once; when the check fails (or does not apply) the caller
+        validates them the usual way, which explains what is wrong.
+        """
+        from .solvers.nnls import UncheckedInputError, weighted_nnls
+
+        if (self.smoothness > 0 or self.sparsity > 0 or self.spatial > 0
+                or not isinstance(X, np.ndarray) or not isinstance(ivar, np.ndarray)
+                or X.ndim != 2 or X.shape != ivar.shape or X.shape[0] == 0
+                or X.shape[1] != self.n_features_in_):
+            return None
+        want_cov = return_uncertainty or return_covariance
+        try:
+            res = weighted_nnls(X, ivar, self.templates_.astype(np.float64),
+                                return_covariance=want_cov, checked=False)
+        except UncheckedInputError:
+            return None
+        C, cov = res if want_cov else (res, None)
+        dt = self.templates_.dtype
+        out = (C.astype(dt, copy=False),)
+        if return_uncertainty:
+            sigma = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
             out += (sigma.astype(dt, copy=False),)
         if return_covariance:
             out += (cov.astype(dt, copy=False),)

@@ -1,7 +1,7 @@
 """Solvers for the weighted, signed NMF objective of :mod:`specnmf.objective`.
 
 ``SOLVERS`` maps each public ``solver=`` name to a factory
-``factory(xp, *, shift, penalties) -> solver object``; the execution loop in
+``factory(xp, *, shift, penalties, n_components) -> solver object``; the execution loop in
 :mod:`specnmf.solvers._loop` drives any of them over any engine.
 
 Which solver when (measured figures in README.md and docs/solvers.md):
@@ -25,23 +25,23 @@ from .multiplicative import ClipNMF, NearlyNMF, ShiftNMF, minimal_shift
 from .nnls import weighted_nnls
 
 
-def _nearly(xp, *, shift=None, penalties=()):
-    return NearlyNMF(xp, penalties=penalties)
+def _nearly(xp, *, shift=None, penalties=(), n_components=None):
+    return NearlyNMF(xp, penalties=penalties, n_components=n_components)
 
 
-def _shift(xp, *, shift, penalties=()):
-    return ShiftNMF(xp, shift=shift, penalties=penalties)
+def _shift(xp, *, shift, penalties=(), n_components=None):
+    return ShiftNMF(xp, shift=shift, penalties=penalties, n_components=n_components)
 
 
-def _clip(xp, *, shift=None, penalties=()):
-    return ClipNMF(xp, penalties=penalties)
+def _clip(xp, *, shift=None, penalties=(), n_components=None):
+    return ClipNMF(xp, penalties=penalties, n_components=n_components)
 
 
-def _anls(xp, *, shift=None, penalties=()):
+def _anls(xp, *, shift=None, penalties=(), n_components=None):
     return ANLS(xp, penalties=penalties)
 
 
-def _apg(xp, *, shift=None, penalties=()):
+def _apg(xp, *, shift=None, penalties=(), n_components=None):
     return APG(xp, penalties=penalties)
 
 

@@ -66,6 +66,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.optimize import nnls as _scipy_nnls
 
+from .. import _kernels
+from .gram import pairs as _gram_pairs
+
 __all__ = ["nnls_gram", "weighted_nnls", "spectrum_grams", "nnls_covariance"]
 
 logger = logging.getLogger("specnmf")
@@ -523,6 +526,35 @@ def _grams_t(X, ivar, pairs):
     return G, np.ascontiguousarray(bu.T)
 
 
+class UncheckedInputError(ValueError):
+    """Raised by ``weighted_nnls(..., checked=False)`` when the data fail its checks."""
+
+
+def _kernel_ok(X, ivar, q):
+    return (_kernels.available() and q <= _kernels.MAX_Q
+            and isinstance(X, np.ndarray) and isinstance(ivar, np.ndarray)
+            and X.dtype == ivar.dtype and X.dtype in (np.float32, np.float64)
+            and X.flags.c_contiguous and ivar.flags.c_contiguous)
+
+
+def _grams(X, ivar, T, pairs, checked=True):
+    """``_grams_t``, by the compiled kernel when it applies (which also checks the data)."""
+    q = T.shape[0]
+    if _kernel_ok(X, ivar, q):
+        G, b, ok = _kernels.spectrum_grams(X, ivar, T)
+        if not ok:
+            raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
+                                      "weights, or non-finite flux where ivar > 0)")
+        ku, lu, _ = _gram_pairs(q)
+        Gt = np.empty((q, q, X.shape[0]))
+        Gt[ku, lu] = G.T
+        Gt[lu, ku] = G.T
+        return Gt, np.ascontiguousarray(b.T)
+    if not checked:
+        raise UncheckedInputError("these arrays cannot be checked on the fly")
+    return _grams_t(X, ivar, pairs)
+
+
 def _data_nnls(x, ivar, T):
     """One spectrum by :func:`scipy.optimize.nnls` on its weighted pixels."""
     w = np.sqrt(np.asarray(ivar, dtype=np.float64))
@@ -599,14 +631,14 @@ def spectrum_grams(X, ivar, templates, *, block_size=None):
     b = np.empty((n, q))
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        Gt, bt = _grams_t(X[sl], ivar[sl], pairs)
+        Gt, bt = _grams(X[sl], ivar[sl], T, pairs)
         G[sl] = Gt.transpose(2, 0, 1)
         b[sl] = bt.T
     return G, b
 
 
 def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covariance=False,
-                  free_only=False):
+                  free_only=False, checked=True):
     """Exact weighted NNLS coefficients of every spectrum.
 
     For each spectrum i, ``argmin_{c >= 0} sum_j ivar_ij (X_ij - c @ T[:, j])^2``,
@@ -631,6 +663,12 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
         Also return :func:`nnls_covariance` of each spectrum's coefficients.
     free_only : bool, default False
         Passed to :func:`nnls_covariance`.
+    checked : bool, default True
+        Whether X and ivar were validated.  With ``checked=False`` the
+        compiled Gram kernel checks them as it reads them (one pass over the
+        data instead of two) and :class:`UncheckedInputError` is raised if
+        they fail, or if they are not arrays it can check; the caller then
+        validates them properly.
 
     Returns
     -------
@@ -659,7 +697,7 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     cov = np.empty((n, q, q)) if return_covariance else None
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        Gt, bt = _grams_t(X[sl], ivar[sl], pairs)
+        Gt, bt = _grams(X[sl], ivar[sl], T, pairs, checked)
         F0 = None if x0 is None else np.ascontiguousarray(np.asarray(x0[sl]).T > 0)
         x, min_pivot = _nnls_chunk(Gt, bt, F0, max_iter, symmetrize=False)
         fragile = np.flatnonzero(min_pivot < _FRAGILE_PIVOT)

@@ -1,0 +1,340 @@
+"""Compiled kernels for the CPU (numba, optional: ``pip install specnmf[fast]``).
+
+The multiplicative updates are limited by memory traffic, not arithmetic:
+each iteration must read the weights and the flux once, and the BLAS
+formulation (:mod:`specnmf.solvers.gram`) reads them in several separate
+products.  :func:`mu_pass` does one iteration's work for a block of spectra
+in a single sweep over each spectrum's *observed span* (first to last pixel
+with weight): the coefficient update, the chi^2 of the incoming iterate from
+the residual, and that spectrum's contribution to the template statistics,
+while the spectrum is still in cache.  Survey spectra in a common rest frame
+observe one window each (~60 % of the paper's quasar matrix is missing that
+way), so the spans also skip most of the missing data.
+
+Loops over the components are unrolled in generated source (one compiled
+function per number of components, made on first use), so the pixel loops
+vectorise with the per-spectrum sums held in registers.  Everything here is
+an implementation detail of :class:`specnmf.solvers.multiplicative`; the
+numpy/BLAS path computes the same update rules and is used when numba is
+missing or the data live in another array namespace.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+
+try:  # optional accelerator
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+__all__ = ["available", "MAX_Q", "spans", "mu_pass", "num_threads"]
+
+#: largest number of components with an unrolled kernel (register pressure beyond)
+MAX_Q = 8
+#: spectra per chunk: the unit of threading and of float64 accumulation
+CHUNK = 256
+
+_FASTMATH = {"reassoc", "contract"}   # lets the pixel sums vectorise; no NaN/inf assumptions
+
+
+def available() -> bool:
+    """Whether the compiled kernels can be used (numba importable and not disabled).
+
+    Setting the environment variable ``SPECNMF_DISABLE_NUMBA=1`` forces the
+    numpy/BLAS path (used by the tests to compare the two).
+    """
+    return numba is not None and os.environ.get("SPECNMF_DISABLE_NUMBA", "") in ("", "0")
+
+
+def num_threads() -> int:
+    """Threads for the kernels: numba's setting (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``)."""
+    return max(1, int(numba.get_num_threads())) if numba is not None else 1
+
+
+_POOL = None
+
+
+def _map(fn, items, threads):
+    """``fn`` over ``items`` on up to ``threads`` threads of one persistent pool (the
+    kernels release the GIL); starting threads on every call costs milliseconds."""
+    global _POOL
+    items = list(items)
+    threads = min(len(items), threads)
+    if threads <= 1:
+        for item in items:
+            fn(item)
+        return
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max(threads, os.cpu_count() or 1),
+                                   thread_name_prefix="specnmf-kernel")
+    for future in [_POOL.submit(fn, item) for item in items]:
+        future.result()
+
+
+def spans(ivar):
+    """First and one-past-last observed pixel (``ivar > 0``) of every row; (0, 0) if none."""
+    observed = ivar > 0
+    seen = observed.any(axis=1)
+    d = ivar.shape[1]
+    # unsigned, so that numba knows the indices are not negative (no
+    # wrap-around code in the pixel loops, which then vectorise)
+    lo = np.where(seen, observed.argmax(axis=1), 0).astype(np.uint64)
+    hi = np.where(seen, d - observed[:, ::-1].argmax(axis=1), 0).astype(np.uint64)
+    return lo, hi
+
+
+def _mu_source(q):
+    """Source of the kernel for q components (see :func:`mu_pass` for the arguments)."""
+    ks = range(q)
+    out = []
+    w = out.append
+    w("def kernel(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):")
+    w("    n = v.shape[0]")
+    w("    chi = 0.0")
+    w("    for k in range(Ab.shape[0]):")
+    w("        for j in range(jlo, jhi):")
+    w("            Ab[k, j] = zero")
+    w("            Db[k, j] = zero")
+    w("    for i in range(n):")
+    w("        j0 = lo[i]")
+    w("        j1 = hi[i]")
+    w("        vi = v[i]")
+    w("        xi = x[i]")
+    for k in ks:
+        w(f"        c{k} = C[i, {k}]")
+        w(f"        a{k} = zero")
+        w(f"        e{k} = zero")
+    w("        s = 0.0")
+    # coefficient step: a = T (v*x), e = T (v*(m + y)), chi2 from the residual
+    w("        for j in range(j0, j1):")
+    for k in ks:
+        w(f"            t{k} = T[{k}, j]")
+    w("            m = " + " + ".join(f"c{k} * t{k}" for k in ks))
+    w("            vj = vi[j]")
+    w("            xj = xi[j]")
+    w("            r = xj - y - m")
+    w("            s += vj * r * r")
+    w("            vx = vj * xj")
+    w("            u = vj * (m + y)")
+    for k in ks:
+        w(f"            a{k} += vx * t{k}")
+        w(f"            e{k} += u * t{k}")
+    w("        chi += s")
+    for k in ks:
+        w("        if nearly:")
+        w(f"            nu = max(a{k}, zero) + pnum[i, {k}]")
+        w(f"            de = e{k} + max(-a{k}, zero) + pden[i, {k}]")
+        w("        else:")
+        w(f"            nu = a{k} + pnum[i, {k}]")
+        w(f"            de = e{k} + pden[i, {k}]")
+        w(f"        c{k} = zd if de == 0 else c{k} * nu / de")
+        w(f"        Cn[i, {k}] = c{k}")
+    # template statistics with the new coefficients, while the row is in cache
+    w("        for j in range(j0, j1):")
+    w("            vj = vi[j]")
+    w("            vx = vj * xi[j]")
+    w("            u = vj * (" + " + ".join(f"c{k} * T[{k}, j]" for k in ks) + " + y)")
+    for k in ks:
+        w(f"            Ab[{k}, j] += vx * c{k}")
+        w(f"            Db[{k}, j] += u * c{k}")
+    w("    for k in range(Ab.shape[0]):")
+    w("        for j in range(jlo, jhi):")
+    w("            A[k, j] = Ab[k, j]")
+    w("            D[k, j] = Db[k, j]")
+    w("    return chi")
+    return "\n".join(out)
+
+
+def _update(C, num, den, zero_division):
+    """The update of spectra without observed pixels: only penalties act."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den == 0, C.dtype.type(zero_division), C * num / den).astype(C.dtype)
+
+
+@lru_cache(maxsize=None)
+def _mu_kernel(q):
+    namespace = {"min": min, "max": max}
+    exec(compile(_mu_source(q), f"<specnmf mu kernel q={q}>", "exec"), namespace)
+    return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(namespace["kernel"])
+
+
+def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None,
+            zero_division=1e-6, threads=None):
+    """One multiplicative iteration's pass over a block of spectra.
+
+    Parameters
+    ----------
+    v, x : ndarray of shape (n, d)
+        Inverse variance and the solver's data (shifted by ``shift`` for
+        Shift-NMF), C-contiguous, of the dtype of ``C`` and ``T``.
+    lo, hi : uint64 arrays of shape (n,)
+        Observed span of each spectrum (:func:`spans`); pixels outside it
+        must have ``v == 0``.
+    C : ndarray of shape (n, q)
+        Current coefficients.
+    T : ndarray of shape (q, d)
+        Current templates.
+    shift : float
+        The model is ``C T + shift``; chi^2 is of the unshifted data.
+    nearly : bool
+        Nearly-NMF's split of the signed numerator (eq. 18) rather than Shift-NMF's ratio.
+    pen_num, pen_den : ndarray of shape (n, q), optional
+        Penalty terms added to the numerator and denominator.
+    zero_division : float
+        Value of an entry whose denominator is 0.
+    threads : int, optional
+        Default :func:`num_threads`.  The result does not depend on it.
+
+    Returns
+    -------
+    C_new : ndarray of shape (n, q)
+    chi2 : float
+        chi^2 of (C, T) on the block, summed in float64.
+    A, D : float64 ndarrays of shape (q, d)
+        ``C_new^T (v*x)`` and ``C_new^T (v*(C_new T + shift))``.
+    """
+    n, d = v.shape
+    q = T.shape[0]
+    kernel = _mu_kernel(q)
+    dt = T.dtype
+    zero = dt.type(0)
+    if pen_num is None:
+        pen_num = np.zeros((n, q), dtype=dt)
+    if pen_den is None:
+        pen_den = np.zeros((n, q), dtype=dt)
+    chunks = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+    Cn = np.empty_like(C)
+    A = np.zeros((len(chunks), q, d))
+    D = np.zeros((len(chunks), q, d))
+    chi = np.zeros(len(chunks))
+    y = dt.type(shift)
+    zd = dt.type(zero_division)
+
+    def work(indices):
+        Ab = np.empty((q, d), dtype=dt)
+        Db = np.empty((q, d), dtype=dt)
+        for c in indices:
+            s, e = chunks[c]
+            seen = hi[s:e] > lo[s:e]
+            if not seen.any():
+                Cn[s:e] = _update(C[s:e], pen_num[s:e], pen_den[s:e], zero_division)
+                continue
+            jlo, jhi = lo[s:e][seen].min(), hi[s:e][seen].max()
+            chi[c] = kernel(v[s:e], x[s:e], lo[s:e], hi[s:e], jlo, jhi, C[s:e], T, y, nearly,
+                            pen_num[s:e], pen_den[s:e], zd, zero, Cn[s:e], Ab, Db, A[c], D[c])
+
+    threads = min(len(chunks), threads or num_threads())
+    _map(work, [range(t, len(chunks), threads) for t in range(threads)], threads)
+    # chunk sums in a fixed order: the result does not depend on the thread count
+    return Cn, float(chi.sum()), A.sum(axis=0), D.sum(axis=0)
+
+
+def _gram_source(q):
+    """Source of the per-spectrum Gram kernel for q components (see :func:`spectrum_grams`)."""
+    pairs = [(k, l) for k in range(q) for l in range(k, q)]
+    out = []
+    w = out.append
+    w("def kernel(X, V, T, G, b, flags, lo, hi):")
+    w("    n, d = V.shape")
+    w("    for r0 in range(0, n, ROWS):")
+    w("        r1 = min(n, r0 + ROWS)")
+    # a sweep over each whole weight row: sign, finiteness and observed span
+    w("        for i in range(r0, r1):")
+    w("            vi = V[i]")
+    w("            negative = 0")
+    w("            total = 0.0")
+    w("            for j in range(d):")
+    w("                vj = vi[j]")
+    w("                total += vj")
+    w("                negative += vj < 0")   # min() has NaN branches that do not vectorise
+    w("            if negative or not total < np.inf:")
+    w("                flags[i] = 1")
+    w("                continue")
+    w("            for j in range(d):")
+    w("                if vi[j] > 0:")
+    w("                    lo[i] = j")
+    w("                    break")
+    w("            for j in range(d - 1, -1, -1):")
+    w("                if vi[j] > 0:")
+    w("                    hi[i] = j + 1")
+    w("                    break")
+    # then the sums over the spans of those rows, still in cache; the bounds
+    # are read back from (unsigned) arrays, which keeps the loop vectorisable
+    w("        for i in range(r0, r1):")
+    w("            vi = V[i]")
+    w("            xi = X[i]")
+    for k, l in pairs:
+        w(f"            g{k}_{l} = 0.0")
+    for k in range(q):
+        w(f"            b{k} = 0.0")
+    w("            for j in range(lo[i], hi[i]):")
+    w("                vj = np.float64(vi[j])")
+    w("                vx = vj * xi[j] if vj > 0 else 0.0")   # NaN flux where ivar == 0 is allowed
+    for k in range(q):
+        w(f"                t{k} = T[{k}, j]")
+        w(f"                u{k} = vj * t{k}")
+        w(f"                b{k} += vx * t{k}")
+    for k, l in pairs:
+        w(f"                g{k}_{l} += u{k} * t{l}")
+    for idx, (k, l) in enumerate(pairs):
+        w(f"            G[i, {idx}] = g{k}_{l}")
+    for k in range(q):
+        w(f"            b[i, {k}] = b{k}")
+    total = " + ".join(f"b{k}" for k in range(q))
+    w(f"            if not ({total} < np.inf and {total} > -np.inf):")
+    w("                flags[i] = 2")
+    return "\n".join(out)
+
+
+@lru_cache(maxsize=None)
+def _gram_kernel(q):
+    namespace = {"min": min, "max": max, "np": np, "ROWS": 32}   # 32 rows of weights fit in L2
+    exec(compile(_gram_source(q), f"<specnmf gram kernel q={q}>", "exec"), namespace)
+    return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(namespace["kernel"])
+
+
+def spectrum_grams(X, ivar, T, *, threads=None):
+    """Packed per-spectrum Grams and projections, checking the weights and flux as it goes.
+
+    Parameters
+    ----------
+    X, ivar : C-contiguous float32 or float64 ndarrays of shape (n, d), of one dtype
+        Flux (anything where ``ivar == 0``, NaN included) and inverse variance.
+    T : float64 ndarray of shape (q, d)
+    threads : int, optional
+        Default :func:`num_threads`.
+
+    Returns
+    -------
+    G : float64 ndarray of shape (n, q(q+1)/2)
+        ``T diag(ivar_i) T^T``, upper triangle packed row by row (the order of
+        ``numpy.triu_indices(q)``).
+    b : float64 ndarray of shape (n, q)
+        ``T (ivar_i * X_i)``.
+    ok : bool
+        False if some ``ivar`` is negative or not finite, or some flux where
+        ``ivar > 0`` is not finite (or a sum overflowed): the caller should
+        validate the input properly (``G`` and ``b`` are then meaningless).
+    """
+    n, d = ivar.shape
+    q = T.shape[0]
+    kernel = _gram_kernel(q)
+    G = np.empty((n, q * (q + 1) // 2))
+    b = np.empty((n, q))
+    flags = np.zeros(n, dtype=np.int8)
+    lo = np.zeros(n, dtype=np.uint64)
+    hi = np.zeros(n, dtype=np.uint64)
+    T = np.ascontiguousarray(T, dtype=np.float64)
+    step = max(CHUNK, -(-n // (4 * (threads or num_threads()))))
+    chunks = [slice(s, min(n, s + step)) for s in range(0, n, step)]
+
+    def work(sl):
+        kernel(X[sl], ivar[sl], T, G[sl], b[sl], flags[sl], lo[sl], hi[sl])
+
+    _map(work, chunks, threads or num_threads())
+    return G, b, not flags.any()

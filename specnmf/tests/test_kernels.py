@@ -1,0 +1,142 @@
+"""The compiled (numba) kernels compute exactly what the numpy/BLAS forms compute.
+
+The fused multiplicative pass and the checking Gram kernel are the default on
+the CPU when numba is installed; these tests hold them to the BLAS forms of
+the same update rules, whatever the masks, chunking or thread count.
+"""
+
+import numpy as np
+import pytest
+
+from specnmf import SpectralNMF, _kernels
+from specnmf.penalties import make_penalties
+from specnmf.solvers.multiplicative import ClipNMF, NearlyNMF, ShiftNMF, minimal_shift
+
+pytestmark = [pytest.mark.skipif(not _kernels.available(), reason="numba not installed"),
+              pytest.mark.filterwarnings("ignore::specnmf.MissingDataWarning")]
+
+
+def _problem(n, d, q, seed, dtype=np.float64):
+    """Signed, weighted spectra with every kind of missing data the kernels special-case."""
+    rng = np.random.default_rng(seed)
+    T = rng.uniform(0.1, 1.0, (q, d))
+    C = rng.uniform(0.1, 1.0, (n, q))
+    X = C @ T + rng.normal(0, 0.5, (n, d))
+    ivar = rng.uniform(0.5, 2.0, (n, d))
+    start = rng.integers(0, d // 2, n)
+    stop = start + rng.integers(d // 4, d, n)
+    j = np.arange(d)
+    ivar[(j < start[:, None]) | (j >= stop[:, None])] = 0      # one window per spectrum
+    ivar[rng.uniform(size=(n, d)) < 0.1] = 0                   # holes inside it
+    ivar[n // 3] = 0                                           # a spectrum without data
+    ivar[:, d // 5] = 0                                        # a pixel without data
+    X[ivar == 0] = rng.normal(0, 100, np.count_nonzero(ivar == 0))  # must not matter
+    C0 = rng.uniform(0.1, 1.0, (n, q))
+    return (X.astype(dtype), ivar.astype(dtype), C0.astype(dtype), T.astype(dtype))
+
+
+def _solver(name, form, X, ivar, penalties):
+    if name == "nearly":
+        return NearlyNMF(np, penalties=penalties, form=form)
+    if name == "shift":
+        return ShiftNMF(np, shift=minimal_shift(X, ivar), penalties=penalties, form=form)
+    return ClipNMF(np, penalties=penalties, form=form)
+
+
+def _iteration(solver, X, ivar, C, T):
+    block = solver.prepare_block(X, ivar)
+    C_new, (chi, *stats) = solver.block_step(block, C, T, C_all=C)
+    return C_new, chi, solver.templates_step(T, stats, C_new)
+
+
+@pytest.mark.parametrize("name", ["nearly", "shift", "clip"])
+@pytest.mark.parametrize("n,q", [(1, 1), (7, 3), (600, 5), (40, 8)])
+@pytest.mark.parametrize("penalised", [False, True])
+def test_fused_iteration_equals_blas_forms(name, n, q, penalised):
+    X, ivar, C, T = _problem(n, 60, q, seed=n + q)
+    penalties = make_penalties(smoothness=0.3, sparsity=0.2, ivar_scale=1.0) if penalised else ()
+    C_f, chi_f, T_f = _iteration(_solver(name, "fused", X, ivar, penalties), X, ivar, C, T)
+    for form in ("gram", "dense"):
+        C_r, chi_r, T_r = _iteration(_solver(name, form, X, ivar, penalties), X, ivar, C, T)
+        np.testing.assert_allclose(C_f, C_r, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(T_f, T_r, rtol=1e-12, atol=1e-14)
+        assert chi_f == pytest.approx(chi_r, rel=1e-12)
+
+
+def test_thread_count_does_not_change_results():
+    X, ivar, C, T = _problem(1000, 80, 4, seed=3)     # four chunks of spectra
+    lo, hi = _kernels.spans(ivar)
+    one = _kernels.mu_pass(ivar, X, lo, hi, C, T, nearly=True, threads=1)
+    two = _kernels.mu_pass(ivar, X, lo, hi, C, T, nearly=True, threads=2)
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+    g1 = _kernels.spectrum_grams(X, ivar, T, threads=1)
+    g2 = _kernels.spectrum_grams(X, ivar, T, threads=2)
+    assert np.array_equal(g1[0], g2[0]) and np.array_equal(g1[1], g2[1])
+
+
+def test_spans():
+    ivar = np.array([[0, 1, 0, 2, 0], [0, 0, 0, 0, 0], [3, 0, 0, 0, 1.0]])
+    lo, hi = _kernels.spans(ivar)
+    assert lo.tolist() == [1, 0, 0] and hi.tolist() == [4, 0, 5]
+
+
+def test_gram_kernel_matches_numpy_and_checks_the_data():
+    X, ivar, _, T = _problem(300, 50, 5, seed=1)
+    X[ivar == 0] = np.nan                       # allowed where ivar == 0
+    G, b, ok = _kernels.spectrum_grams(X, ivar, T)
+    assert ok
+    ku, lu = np.triu_indices(5)
+    np.testing.assert_allclose(G, ivar @ (T[ku] * T[lu]).T, rtol=1e-13)
+    np.testing.assert_allclose(b, (ivar * np.nan_to_num(X)) @ T.T, rtol=1e-12, atol=1e-12)
+    i, j = np.argwhere(ivar > 0)[7]
+    for array, value in ((ivar, -1.0), (ivar, np.nan), (ivar, np.inf), (X, np.inf), (X, np.nan)):
+        bad = array.copy()
+        bad[i, j] = value
+        args = (X, bad) if array is ivar else (bad, ivar)
+        assert not _kernels.spectrum_grams(*args, T)[2]
+
+
+@pytest.mark.parametrize("solver", ["nearly", "shift", "clip"])
+def test_fit_is_the_same_without_numba(monkeypatch, solver):
+    X, ivar, C, T = _problem(300, 70, 3, seed=5)
+    kw = dict(solver=solver, max_iter=30, tol=0, smoothness=0.1)
+    fused = SpectralNMF(3, **kw).fit(X, ivar, templates=T, coefficients=C)
+    monkeypatch.setenv("SPECNMF_DISABLE_NUMBA", "1")
+    plain = SpectralNMF(3, **kw).fit(X, ivar, templates=T, coefficients=C)
+    np.testing.assert_allclose(fused.chi2_, plain.chi2_, rtol=1e-10)
+    np.testing.assert_allclose(fused.templates_, plain.templates_, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(fused.transform(X, ivar), plain.transform(X, ivar),
+                               rtol=1e-8, atol=1e-12)
+
+
+def test_float32_kernel_tracks_float64():
+    X, ivar, C, T = _problem(500, 90, 4, seed=8)
+    kw = dict(max_iter=50, tol=0)
+    m64 = SpectralNMF(4, **kw).fit(X, ivar, templates=T, coefficients=C)
+    m32 = SpectralNMF(4, dtype="float32", **kw).fit(X, ivar, templates=T, coefficients=C)
+    assert m32.templates_.dtype == np.float32
+    assert np.all(np.diff(m32.chi2_) <= 0)
+    np.testing.assert_allclose(m32.chi2_, m64.chi2_, rtol=1e-5)
+    np.testing.assert_allclose(m32.templates_, m64.templates_, rtol=1e-3, atol=1e-4)
+
+
+def test_transform_reports_bad_data_like_the_validated_path():
+    X, ivar, C, T = _problem(50, 40, 2, seed=2)
+    model = SpectralNMF.from_templates(T)
+    bad = ivar.copy()
+    bad[3, 4] = -1
+    with pytest.raises(ValueError, match="ivar must be >= 0"):
+        model.transform(X, bad)
+    bad = X.copy()
+    bad[np.argwhere(ivar > 0)[0][0], np.argwhere(ivar > 0)[0][1]] = np.nan
+    with pytest.raises(ValueError, match="NaN/inf"):
+        model.transform(bad, ivar)
+
+
+def test_fused_form_needs_numba(monkeypatch):
+    monkeypatch.setattr(_kernels, "numba", None)
+    with pytest.raises(ValueError, match="numba"):
+        NearlyNMF(np, form="fused")
+    # the default quietly uses the numpy/BLAS forms
+    assert NearlyNMF(np, n_components=3)._form(3) == "gram"
