@@ -293,12 +293,13 @@ def _gram_source(q):
 
 @lru_cache(maxsize=None)
 def _gram_kernel(q):
-    namespace = {"min": min, "max": max, "np": np, "ROWS": 32}   # 32 rows of weights fit in L2
+    namespace = {"min": min, "max": max, "np": np, "ROWS": 8}   # rows checked, then summed, while in L2 (8: measured)
     exec(compile(_gram_source(q), f"<specnmf gram kernel q={q}>", "exec"), namespace)
     return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(namespace["kernel"])
 
 
-def spectrum_grams(X, ivar, T, *, threads=None):
+def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3),
+                   kkt=(1e-11, 1e3)):
     """Packed per-spectrum Grams and projections, checking the weights and flux as it goes.
 
     Parameters
@@ -308,6 +309,13 @@ def spectrum_grams(X, ivar, T, *, threads=None):
     T : float64 ndarray of shape (q, d)
     threads : int, optional
         Default :func:`num_threads`.
+    solve : bool, default False
+        Also solve each spectrum's NNLS problem, while its Gram is in cache.
+    pivots : (fragile, hard)
+        With ``solve``: problems whose unit-diagonal Gram has a pivot below
+        ``hard`` are left to the caller (status HARD; below ``fragile``,
+        FRAGILE), as are those that fail the KKT test with tolerances ``kkt``
+        (see :mod:`specnmf.solvers.nnls`).
 
     Returns
     -------
@@ -320,6 +328,8 @@ def spectrum_grams(X, ivar, T, *, threads=None):
         False if some ``ivar`` is negative or not finite, or some flux where
         ``ivar > 0`` is not finite (or a sum overflowed): the caller should
         validate the input properly (``G`` and ``b`` are then meaningless).
+    x, status : ndarrays of shape (n, q) and (n,)
+        Only with ``solve``: the solutions of the problems with status SOLVED.
     """
     n, d = ivar.shape
     q = T.shape[0]
@@ -329,12 +339,188 @@ def spectrum_grams(X, ivar, T, *, threads=None):
     flags = np.zeros(n, dtype=np.int8)
     lo = np.zeros(n, dtype=np.uint64)
     hi = np.zeros(n, dtype=np.uint64)
+    x = np.zeros((n, q)) if solve else None
     T = np.ascontiguousarray(T, dtype=np.float64)
     step = max(CHUNK, -(-n // (4 * (threads or num_threads()))))
     chunks = [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
     def work(sl):
         kernel(X[sl], ivar[sl], T, G[sl], b[sl], flags[sl], lo[sl], hi[sl])
+        if solve:
+            _nnls_rows(G[sl], b[sl], x[sl], flags[sl], *pivots, *kkt)
 
     _map(work, chunks, threads or num_threads())
-    return G, b, not flags.any()
+    ok = not np.any((flags == BAD_WEIGHTS) | (flags == BAD_FLUX))
+    return (G, b, ok, x, flags) if solve else (G, b, ok)
+
+
+# ---------------------------------------------------------------------------
+# Small NNLS problems, one per spectrum, solved where their Grams are made
+# ---------------------------------------------------------------------------
+
+#: status codes of :func:`spectrum_grams` with ``solve=True``
+SOLVED, BAD_WEIGHTS, BAD_FLUX, HARD, FRAGILE = 0, 1, 2, 3, 4
+
+
+def _jit(fn):
+    """numba.njit when numba is there (the function is only called then)."""
+    return numba.njit(nogil=True, boundscheck=False)(fn) if numba is not None else fn
+
+
+@_jit
+def _cholesky_solve(M, free, rhs, z, A, index):
+    """Solve ``M_FF z_F = rhs_F`` (zeros off F) by Cholesky; returns the smallest
+    pivot of ``M_FF`` (1 for an empty F), or -1 if it is not positive definite."""
+    q = M.shape[0]
+    m = 0
+    for k in range(q):
+        z[k] = 0.0
+        if free[k]:
+            index[m] = k
+            m += 1
+    if m == 0:
+        return 1.0
+    min_pivot = np.inf
+    for a in range(m):
+        for c in range(a + 1):
+            s = M[index[a], index[c]]
+            for e in range(c):
+                s -= A[a, e] * A[c, e]
+            if a == c:
+                if not s > 0.0:
+                    return -1.0
+                min_pivot = min(min_pivot, s)
+                A[a, a] = np.sqrt(s)
+            else:
+                A[a, c] = s / A[c, c]
+    for a in range(m):            # L y = rhs
+        s = rhs[index[a]]
+        for e in range(a):
+            s -= A[a, e] * z[index[e]]
+        z[index[a]] = s / A[a, a]
+    for a in range(m - 1, -1, -1):  # L^T z = y
+        s = z[index[a]]
+        for e in range(a + 1, m):
+            s -= A[e, a] * z[index[e]]
+        z[index[a]] = s / A[a, a]
+    return min_pivot
+
+
+@_jit
+def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
+    """The KKT test of :func:`specnmf.solvers.nnls._kkt` for one problem."""
+    q = M.shape[0]
+    bmax = 0.0
+    xmax = 0.0
+    for k in range(q):
+        bmax = max(bmax, abs(bs[k]))
+        xmax = max(xmax, abs(x[k]))
+    tol = rtol * (bmax + q * xmax)
+    for k in range(q):
+        g = -bs[k]
+        for e in range(q):
+            g += M[k, e] * x[e]
+        if free[k]:
+            if x[k] < -tol or abs(g) > free_factor * tol:
+                return False
+        elif live[k] and g < -tol:
+            return False
+    return True
+
+
+@_jit
+def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
+    """Exact NNLS of every well-conditioned problem (packed Grams G, projections b).
+
+    Each problem is scaled to a unit diagonal, then solved by Lawson & Hanson's
+    active-set method with Cholesky solves.  Problems whose whole system has a
+    pivot below ``hard_pivot`` (or that fail the KKT test) are marked HARD,
+    below ``fragile_pivot`` FRAGILE, for the caller's careful solvers.
+    """
+    n, q = b.shape
+    M = np.zeros((q, q))
+    A = np.zeros((q, q))
+    s = np.zeros(q)
+    bs = np.zeros(q)
+    z = np.zeros(q)
+    xx = np.zeros(q)
+    w = np.zeros(q)
+    live = np.zeros(q, dtype=np.bool_)
+    free = np.zeros(q, dtype=np.bool_)
+    index = np.zeros(q, dtype=np.int64)
+    packed = np.zeros((q, q), dtype=np.int64)
+    p = 0
+    for k in range(q):
+        for e in range(k, q):
+            packed[k, e] = p
+            packed[e, k] = p
+            p += 1
+    for i in range(n):
+        if status[i] != SOLVED:
+            continue
+        for k in range(q):
+            dk = G[i, packed[k, k]]
+            live[k] = dk > 0.0
+            s[k] = 1.0 / np.sqrt(dk) if live[k] else 0.0
+            bs[k] = b[i, k] * s[k]
+        for k in range(q):
+            for e in range(q):
+                M[k, e] = G[i, packed[k, e]] * s[k] * s[e]
+            M[k, k] = 1.0
+        # conditioning of the whole system (its pivots bound every subsystem's)
+        pivot = _cholesky_solve(M, live, bs, z, A, index)
+        if pivot < fragile_pivot:
+            status[i] = FRAGILE
+            continue
+        if pivot < hard_pivot:
+            status[i] = HARD
+            continue
+        done = True
+        for k in range(q):
+            free[k] = live[k]
+            xx[k] = z[k]
+            if live[k] and not z[k] > 0.0:
+                done = False
+        if not done:
+            # Lawson & Hanson from x = 0
+            for k in range(q):
+                free[k] = False
+                xx[k] = 0.0
+            for _ in range(3 * q + 3):
+                bmax = 0.0
+                xmax = 0.0
+                for k in range(q):
+                    bmax = max(bmax, abs(bs[k]))
+                    xmax = max(xmax, abs(xx[k]))
+                tol = rtol * (bmax + q * xmax)
+                best = -1
+                for k in range(q):
+                    w[k] = bs[k]
+                    for e in range(q):
+                        w[k] -= M[k, e] * xx[e]
+                    if live[k] and not free[k] and w[k] > tol and (best < 0 or w[k] > w[best]):
+                        best = k
+                if best < 0:
+                    break
+                free[best] = True
+                for _inner in range(3 * q + 3):
+                    _cholesky_solve(M, free, bs, z, A, index)
+                    alpha = 2.0
+                    for k in range(q):
+                        if free[k] and z[k] <= 0.0:
+                            alpha = min(alpha, xx[k] / (xx[k] - z[k]))
+                    if alpha > 1.0:
+                        for k in range(q):
+                            xx[k] = z[k]
+                        break
+                    for k in range(q):
+                        if free[k]:
+                            xx[k] += alpha * (z[k] - xx[k])
+                            if xx[k] <= 0.0:
+                                xx[k] = 0.0
+                                free[k] = False
+        if not _kkt_ok(M, bs, xx, free, live, rtol, free_factor):
+            status[i] = HARD
+            continue
+        for k in range(q):
+            x[i, k] = xx[k] * s[k] if free[k] else 0.0

@@ -537,22 +537,54 @@ def _kernel_ok(X, ivar, q):
             and X.flags.c_contiguous and ivar.flags.c_contiguous)
 
 
-def _grams(X, ivar, T, pairs, checked=True):
-    """``_grams_t``, by the compiled kernel when it applies (which also checks the data)."""
+def _unpack_t(G, q):
+    """Packed Grams (m, q(q+1)/2) as a (q, q, m) stack."""
+    ku, lu, _ = _gram_pairs(q)
+    Gt = np.empty((q, q, G.shape[0]))
+    Gt[ku, lu] = G.T
+    Gt[lu, ku] = G.T
+    return Gt
+
+
+def _grams(X, ivar, T, pairs):
+    """``_grams_t``, by the compiled kernel when it applies."""
     q = T.shape[0]
     if _kernel_ok(X, ivar, q):
         G, b, ok = _kernels.spectrum_grams(X, ivar, T)
         if not ok:
             raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
                                       "weights, or non-finite flux where ivar > 0)")
-        ku, lu, _ = _gram_pairs(q)
-        Gt = np.empty((q, q, X.shape[0]))
-        Gt[ku, lu] = G.T
-        Gt[lu, ku] = G.T
-        return Gt, np.ascontiguousarray(b.T)
-    if not checked:
-        raise UncheckedInputError("these arrays cannot be checked on the fly")
+        return _unpack_t(G, q), np.ascontiguousarray(b.T)
     return _grams_t(X, ivar, pairs)
+
+
+def _kernel_nnls(X, ivar, T, max_iter):
+    """Grams and NNLS of a block by the compiled kernel, which also checks the data.
+
+    The kernel solves the well-conditioned problems (Lawson & Hanson on the
+    unit-diagonal Gram, same KKT test as here); those with a pivot below
+    ``_REFINE_BELOW`` or failing the test are solved by :func:`_nnls_chunk`
+    with its refinement.  Returns x (q, m) in the scaled-template variables,
+    NaN columns for the fragile problems the caller re-solves from the data,
+    and the Grams (q, q, m).
+    """
+    q = T.shape[0]
+    G, b, ok, x, status = _kernels.spectrum_grams(
+        X, ivar, T, solve=True, pivots=(_FRAGILE_PIVOT, _REFINE_BELOW),
+        kkt=(_KKT_RTOL, _FREE_GRAD_FACTOR))
+    if not ok:
+        raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
+                                  "weights, or non-finite flux where ivar > 0)")
+    Gt = _unpack_t(G, q)
+    x = np.ascontiguousarray(x.T)
+    x[:, status == _kernels.FRAGILE] = np.nan
+    hard = np.flatnonzero(status == _kernels.HARD)
+    if hard.size:
+        xh, pivot = _nnls_chunk(np.take(Gt, hard, axis=2), np.ascontiguousarray(b[hard].T),
+                                None, max_iter, symmetrize=False)
+        xh[:, pivot < _FRAGILE_PIVOT] = np.nan
+        x[:, hard] = xh
+    return x, Gt
 
 
 def _data_nnls(x, ivar, T):
@@ -695,12 +727,19 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     max_iter = _default_max_iter(q)
     coef = np.empty((n, q), dtype=X.dtype if X.dtype.kind == "f" else np.float64)
     cov = np.empty((n, q, q)) if return_covariance else None
+    compiled = _kernel_ok(X, ivar, q)
+    if not compiled and not checked:
+        raise UncheckedInputError("these arrays cannot be checked on the fly")
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        Gt, bt = _grams(X[sl], ivar[sl], T, pairs, checked)
-        F0 = None if x0 is None else np.ascontiguousarray(np.asarray(x0[sl]).T > 0)
-        x, min_pivot = _nnls_chunk(Gt, bt, F0, max_iter, symmetrize=False)
-        fragile = np.flatnonzero(min_pivot < _FRAGILE_PIVOT)
+        if compiled:
+            x, Gt = _kernel_nnls(X[sl], ivar[sl], T, max_iter)
+            fragile = np.flatnonzero(np.isnan(x[0]))
+        else:
+            Gt, bt = _grams_t(X[sl], ivar[sl], pairs)
+            F0 = None if x0 is None else np.ascontiguousarray(np.asarray(x0[sl]).T > 0)
+            x, min_pivot = _nnls_chunk(Gt, bt, F0, max_iter, symmetrize=False)
+            fragile = np.flatnonzero(min_pivot < _FRAGILE_PIVOT)
         if fragile.size:
             # Templates (nearly) dependent on this spectrum's observed pixels:
             # the Gram (normal equations) may have lost the digits that decide

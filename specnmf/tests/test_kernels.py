@@ -140,3 +140,29 @@ def test_fused_form_needs_numba(monkeypatch):
         NearlyNMF(np, form="fused")
     # the default quietly uses the numpy/BLAS forms
     assert NearlyNMF(np, n_components=3)._form(3) == "gram"
+
+
+def test_kernel_nnls_equals_the_numpy_solvers(monkeypatch):
+    """Compiled Lawson-Hanson, its hand-offs (hard and fragile problems) and the
+    numpy block principal pivoting give the same coefficients on every degenerate case."""
+    from specnmf.solvers.nnls import weighted_nnls
+    from specnmf.tests.test_nnls import CASES, make_problem
+
+    for case in CASES:
+        X, ivar, T = make_problem(case)
+        compiled = weighted_nnls(X, ivar, T)
+        with monkeypatch.context() as m:
+            m.setenv("SPECNMF_DISABLE_NUMBA", "1")
+            plain = weighted_nnls(X, ivar, T)
+        chi_c = np.sum(ivar * (X - compiled @ T) ** 2, axis=1)
+        chi_p = np.sum(ivar * (X - plain @ T) ** 2, axis=1)
+        np.testing.assert_allclose(chi_c, chi_p, rtol=1e-9, atol=1e-9, err_msg=case)
+
+
+def test_kernel_nnls_hands_off_hard_problems():
+    X, ivar = _problem(200, 60, 3, seed=4)[:2]
+    rng = np.random.default_rng(0)
+    T = rng.uniform(0.1, 1.0, (3, 60))
+    T[2] = T[0] * (1 + 1e-5 * rng.normal(size=60))       # nearly collinear: pivot ~1e-10
+    G, b, ok, x, status = _kernels.spectrum_grams(np.ascontiguousarray(X), ivar, T, solve=True)
+    assert ok and np.any(status != _kernels.SOLVED)
