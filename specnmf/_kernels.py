@@ -60,19 +60,26 @@ _POOL = None
 
 
 def _map(fn, items, threads):
-    """``fn`` over ``items`` on up to ``threads`` threads of one persistent pool (the
-    kernels release the GIL); starting threads on every call costs milliseconds."""
+    """``fn`` over ``items`` on up to ``threads`` threads: the caller's and those of
+    one persistent pool (the kernels release the GIL; starting threads on every
+    call would cost milliseconds)."""
     global _POOL
     items = list(items)
     threads = min(len(items), threads)
-    if threads <= 1:
-        for item in items:
+
+    def run(group):
+        for item in group:
             fn(item)
+
+    if threads <= 1:
+        run(items)
         return
-    if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(max(threads, os.cpu_count() or 1),
+    if _POOL is None or _POOL._max_workers < threads - 1:
+        _POOL = ThreadPoolExecutor(max(threads - 1, (os.cpu_count() or 1) - 1),
                                    thread_name_prefix="specnmf-kernel")
-    for future in [_POOL.submit(fn, item) for item in items]:
+    futures = [_POOL.submit(run, items[t::threads]) for t in range(1, threads)]
+    run(items[0::threads])
+    for future in futures:
         future.result()
 
 
@@ -228,8 +235,7 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
             chi[c] = kernel(v[s:e], x[s:e], lo[s:e], hi[s:e], jlo, jhi, C[s:e], T, y, nearly,
                             pen_num[s:e], pen_den[s:e], zd, zero, Cn[s:e], Ab, Db, A[c], D[c])
 
-    threads = min(len(chunks), threads or num_threads())
-    _map(work, [range(t, len(chunks), threads) for t in range(threads)], threads)
+    _map(lambda c: work([c]), range(len(chunks)), threads or num_threads())
     # chunk sums in a fixed order: the result does not depend on the thread count
     return Cn, float(chi.sum()), A.sum(axis=0), D.sum(axis=0)
 

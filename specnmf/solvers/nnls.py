@@ -723,11 +723,11 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     t_scale = np.max(np.abs(T), axis=1)
     t_scale[t_scale == 0] = 1.0
     T = T / t_scale[:, None]
-    pairs = _pair_products(T)
+    compiled = _kernel_ok(X, ivar, q)
+    pairs = None if compiled else _pair_products(T)
     max_iter = _default_max_iter(q)
     coef = np.empty((n, q), dtype=X.dtype if X.dtype.kind == "f" else np.float64)
     cov = np.empty((n, q, q)) if return_covariance else None
-    compiled = _kernel_ok(X, ivar, q)
     if not compiled and not checked:
         raise UncheckedInputError("these arrays cannot be checked on the fly")
     for start in range(0, n, rows):
