@@ -163,11 +163,16 @@ def _update(C, num, den, zero_division):
         return np.where(den == 0, C.dtype.type(zero_division), C * num / den).astype(C.dtype)
 
 
+def _compile(source, name, **constants):
+    """Compile the generated ``kernel`` function of ``source`` with numba."""
+    namespace = {"min": min, "max": max, "np": np, **constants}
+    exec(compile(source, f"<specnmf {name}>", "exec"), namespace)
+    return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(namespace["kernel"])
+
+
 @lru_cache(maxsize=None)
 def _mu_kernel(q):
-    namespace = {"min": min, "max": max}
-    exec(compile(_mu_source(q), f"<specnmf mu kernel q={q}>", "exec"), namespace)
-    return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(namespace["kernel"])
+    return _compile(_mu_source(q), f"mu kernel q={q}")
 
 
 def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None,
@@ -300,9 +305,8 @@ def _gram_source(q):
 
 @lru_cache(maxsize=None)
 def _gram_kernel(q):
-    namespace = {"min": min, "max": max, "np": np, "ROWS": 8}   # rows checked, then summed, while in L2 (8: measured)
-    exec(compile(_gram_source(q), f"<specnmf gram kernel q={q}>", "exec"), namespace)
-    return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(namespace["kernel"])
+    # ROWS rows are checked, then summed while still in L2 (8: measured)
+    return _compile(_gram_source(q), f"gram kernel q={q}", ROWS=8)
 
 
 def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3),
