@@ -12,7 +12,8 @@ from specnmf import SpectralNMF, _kernels
 from specnmf.penalties import make_penalties
 from specnmf.solvers.multiplicative import ClipNMF, NearlyNMF, ShiftNMF, minimal_shift
 
-pytestmark = [pytest.mark.skipif(not _kernels.available(), reason="numba not installed"),
+pytestmark = [pytest.mark.skipif(not _kernels.available(),
+                                 reason="numba not installed (or SPECNMF_DISABLE_NUMBA set)"),
               pytest.mark.filterwarnings("ignore::specnmf.MissingDataWarning")]
 
 
