@@ -127,11 +127,12 @@ class _Multiplicative:
                                          for p in self.penalties))
 
     def _form(self, q):
-        """The form used for q components (``form="auto"``: fused, else Gram for small q)."""
+        """The form used for q components (``form="auto"``: fused if the solver was
+        built for q components, else Gram for small q and dense above)."""
         if self.form != "auto":
             return self.form
-        if (q is not None and q <= _kernels.MAX_Q and _kernels.available()
-                and is_numpy_namespace(self.xp)):
+        if (q is not None and q == self.n_components and q <= _kernels.MAX_Q
+                and _kernels.available() and is_numpy_namespace(self.xp)):
             return "fused"
         return "gram" if q is not None and q <= self.GRAM_MAX_Q else "dense"
 

@@ -167,3 +167,16 @@ def test_kernel_nnls_hands_off_hard_problems():
     T[2] = T[0] * (1 + 1e-5 * rng.normal(size=60))       # nearly collinear: pivot ~1e-10
     G, b, ok, x, status = _kernels.spectrum_grams(np.ascontiguousarray(X), ivar, T, solve=True)
     assert ok and np.any(status != _kernels.SOLVED)
+
+
+@pytest.mark.parametrize("n_components", [None, 3])
+def test_auto_form_is_consistent_between_prepare_and_step(n_components):
+    # the fused form is chosen only for a solver built for its number of components
+    X, ivar, C, T = _problem(30, 40, 3, seed=6)
+    solver = NearlyNMF(np, n_components=n_components)
+    expected = "fused" if n_components else "gram"
+    assert solver._form(3) == expected
+    C_new, chi, T_new = _iteration(solver, X, ivar, C, T)
+    C_r, chi_r, T_r = _iteration(NearlyNMF(np, form="gram"), X, ivar, C, T)
+    np.testing.assert_allclose(C_new, C_r, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(T_new, T_r, rtol=1e-12, atol=1e-14)
