@@ -547,14 +547,13 @@ def _unpack_t(G, q):
 
 
 def _grams(X, ivar, T, pairs):
-    """``_grams_t``, by the compiled kernel when it applies."""
+    """``_grams_t``, by the compiled kernel when it applies (validated data: a failed
+    check can only be an overflow, which the BLAS path then reproduces)."""
     q = T.shape[0]
     if _kernel_ok(X, ivar, q):
         G, b, ok = _kernels.spectrum_grams(X, ivar, T)
-        if not ok:
-            raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
-                                      "weights, or non-finite flux where ivar > 0)")
-        return _unpack_t(G, q), np.ascontiguousarray(b.T)
+        if ok:
+            return _unpack_t(G, q), np.ascontiguousarray(b.T)
     return _grams_t(X, ivar, pairs)
 
 
@@ -566,15 +565,14 @@ def _kernel_nnls(X, ivar, T, max_iter):
     ``_REFINE_BELOW`` or failing the test are solved by :func:`_nnls_chunk`
     with its refinement.  Returns x (q, m) in the scaled-template variables,
     NaN columns for the fragile problems the caller re-solves from the data,
-    and the Grams (q, q, m).
+    and the Grams (q, q, m); or None if the data fail the kernel's checks.
     """
     q = T.shape[0]
     G, b, ok, x, status = _kernels.spectrum_grams(
         X, ivar, T, solve=True, pivots=(_FRAGILE_PIVOT, _REFINE_BELOW),
         kkt=(_KKT_RTOL, _FREE_GRAD_FACTOR))
     if not ok:
-        raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
-                                  "weights, or non-finite flux where ivar > 0)")
+        return None
     Gt = _unpack_t(G, q)
     x = np.ascontiguousarray(x.T)
     x[:, status == _kernels.FRAGILE] = np.nan
@@ -724,18 +722,23 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     t_scale[t_scale == 0] = 1.0
     T = T / t_scale[:, None]
     compiled = _kernel_ok(X, ivar, q)
-    pairs = None if compiled else _pair_products(T)
+    if not compiled and not checked:
+        raise UncheckedInputError("these arrays cannot be checked on the fly")
+    pairs = None
     max_iter = _default_max_iter(q)
     coef = np.empty((n, q), dtype=X.dtype if X.dtype.kind == "f" else np.float64)
     cov = np.empty((n, q, q)) if return_covariance else None
-    if not compiled and not checked:
-        raise UncheckedInputError("these arrays cannot be checked on the fly")
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        if compiled:
-            x, Gt = _kernel_nnls(X[sl], ivar[sl], T, max_iter)
+        solved = _kernel_nnls(X[sl], ivar[sl], T, max_iter) if compiled else None
+        if solved is None and not checked:
+            raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
+                                      "weights, or non-finite flux where ivar > 0)")
+        if solved is not None:
+            x, Gt = solved
             fragile = np.flatnonzero(np.isnan(x[0]))
         else:
+            pairs = _pair_products(T) if pairs is None else pairs
             Gt, bt = _grams_t(X[sl], ivar[sl], pairs)
             F0 = None if x0 is None else np.ascontiguousarray(np.asarray(x0[sl]).T > 0)
             x, min_pivot = _nnls_chunk(Gt, bt, F0, max_iter, symmetrize=False)
