@@ -1,22 +1,24 @@
 """Compiled kernels for the CPU (numba, optional: ``pip install specnmf[fast]``).
 
-The multiplicative updates are limited by memory traffic, not arithmetic:
-each iteration must read the weights and the flux once, and the BLAS
-formulation (:mod:`specnmf.solvers.gram`) reads them in several separate
-products.  :func:`mu_pass` does one iteration's work for a block of spectra
+The BLAS formulation of the multiplicative updates (:mod:`specnmf.solvers.gram`)
+reads the weights and the flux in several separate matrix products per
+iteration.  :func:`mu_pass` does one iteration's work for a block of spectra
 in a single sweep over each spectrum's *observed span* (first to last pixel
 with weight): the coefficient update, the chi^2 of the incoming iterate from
 the residual, and that spectrum's contribution to the template statistics,
 while the spectrum is still in cache.  Survey spectra in a common rest frame
 observe one window each (~60 % of the paper's quasar matrix is missing that
-way), so the spans also skip most of the missing data.
+way), so the spans also skip most of the missing data.  :func:`spectrum_grams`
+does the same for ``transform``: it checks each spectrum's weights and flux,
+forms its Gram matrix and (optionally) solves its small NNLS problem in one
+read of it.
 
 Loops over the components are unrolled in generated source (one compiled
 function per number of components, made on first use), so the pixel loops
 vectorise with the per-spectrum sums held in registers.  Everything here is
-an implementation detail of :class:`specnmf.solvers.multiplicative`; the
-numpy/BLAS path computes the same update rules and is used when numba is
-missing or the data live in another array namespace.
+an implementation detail of :mod:`specnmf.solvers`; the numpy/BLAS path
+computes the same quantities and is used when numba is missing or the data
+live in another array namespace.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ try:  # optional accelerator
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
-__all__ = ["available", "MAX_Q", "spans", "mu_pass", "num_threads"]
+__all__ = ["available", "MAX_Q", "spans", "mu_pass", "spectrum_grams", "num_threads"]
 
 #: largest number of components with an unrolled kernel (register pressure beyond)
 MAX_Q = 8
@@ -57,13 +59,14 @@ def num_threads() -> int:
 
 
 _POOL = None
+_POOL_SIZE = 0
 
 
 def _map(fn, items, threads):
     """``fn`` over ``items`` on up to ``threads`` threads: the caller's and those of
     one persistent pool (the kernels release the GIL; starting threads on every
     call would cost milliseconds)."""
-    global _POOL
+    global _POOL, _POOL_SIZE
     items = list(items)
     threads = min(len(items), threads)
 
@@ -74,9 +77,9 @@ def _map(fn, items, threads):
     if threads <= 1:
         run(items)
         return
-    if _POOL is None or _POOL._max_workers < threads - 1:
-        _POOL = ThreadPoolExecutor(max(threads - 1, (os.cpu_count() or 1) - 1),
-                                   thread_name_prefix="specnmf-kernel")
+    if _POOL_SIZE < threads - 1:
+        _POOL_SIZE = max(threads - 1, (os.cpu_count() or 1) - 1)
+        _POOL = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="specnmf-kernel")
     futures = [_POOL.submit(run, items[t::threads]) for t in range(1, threads)]
     run(items[0::threads])
     for future in futures:
@@ -227,20 +230,20 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
     y = dt.type(shift)
     zd = dt.type(zero_division)
 
-    def work(indices):
+    def work(c):
+        s, e = chunks[c]
+        seen = hi[s:e] > lo[s:e]
+        if not seen.any():
+            Cn[s:e] = _update(C[s:e], pen_num[s:e], pen_den[s:e], zero_division)
+            return
+        jlo, jhi = lo[s:e][seen].min(), hi[s:e][seen].max()
+        # the chunk's statistics in the data's dtype, then widened into A[c], D[c]
         Ab = np.empty((q, d), dtype=dt)
         Db = np.empty((q, d), dtype=dt)
-        for c in indices:
-            s, e = chunks[c]
-            seen = hi[s:e] > lo[s:e]
-            if not seen.any():
-                Cn[s:e] = _update(C[s:e], pen_num[s:e], pen_den[s:e], zero_division)
-                continue
-            jlo, jhi = lo[s:e][seen].min(), hi[s:e][seen].max()
-            chi[c] = kernel(v[s:e], x[s:e], lo[s:e], hi[s:e], jlo, jhi, C[s:e], T, y, nearly,
-                            pen_num[s:e], pen_den[s:e], zd, zero, Cn[s:e], Ab, Db, A[c], D[c])
+        chi[c] = kernel(v[s:e], x[s:e], lo[s:e], hi[s:e], jlo, jhi, C[s:e], T, y, nearly,
+                        pen_num[s:e], pen_den[s:e], zd, zero, Cn[s:e], Ab, Db, A[c], D[c])
 
-    _map(lambda c: work([c]), range(len(chunks)), threads or num_threads())
+    _map(work, range(len(chunks)), threads or num_threads())
     # chunk sums in a fixed order: the result does not depend on the thread count
     return Cn, float(chi.sum()), A.sum(axis=0), D.sum(axis=0)
 
