@@ -180,3 +180,11 @@ def test_auto_form_is_consistent_between_prepare_and_step(n_components):
     C_r, chi_r, T_r = _iteration(NearlyNMF(np, form="gram"), X, ivar, C, T)
     np.testing.assert_allclose(C_new, C_r, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(T_new, T_r, rtol=1e-12, atol=1e-14)
+
+
+def test_generated_kernels_match_their_generators():
+    # specnmf/_kernels_generated.py is written by _kernels.write_generated(); it must not drift
+    from pathlib import Path
+
+    path = Path(_kernels.__file__).with_name("_kernels_generated.py")
+    assert path.read_text() == _kernels.generated_source()
