@@ -89,7 +89,7 @@ def make_config(quick=False, smoke=False):
                    # needs about baseline_iter, the others should need far fewer
                    "cap": {"nearly": [1100], "default": [50, 300]},
                    "direct_seconds": 30.0},
-        "transform": {"n": 5000, "d": 3000, "q": 5, "repeats": 5, "loop_repeats": 1,
+        "transform": {"n": 5000, "d": 3000, "q": 5, "repeats": 11, "loop_repeats": 3,
                       "threads": [1, 2]},
         "sweep": {"n": [int(v) for v in np.geomspace(50, 2000, 5).round()],
                   "d": [11400 // 2**i for i in range(5)],
@@ -101,7 +101,7 @@ def make_config(quick=False, smoke=False):
         cfg["periter"].update(iters=8, m1=1, m2=5, repeats=1)
         cfg["target"].update(baseline_iter=100, cap={"nearly": [120], "default": [30, 100]},
                              direct_seconds=10.0)
-        cfg["transform"].update(repeats=1)
+        cfg["transform"].update(repeats=1, loop_repeats=1)
         cfg["sweep"].update(n=[50, 316, 2000], d=[11400, 2850, 712], q=[1, 5, 10],
                             iters=5, m1=1, m2=4, repeats=1)
     if smoke:
@@ -109,7 +109,7 @@ def make_config(quick=False, smoke=False):
         cfg["periter"].update(n=120, d=300, iters=3, m1=1, m2=3, repeats=1)
         cfg["target"].update(n=60, d=200, baseline_iter=50,
                              cap={"nearly": [60], "default": [10, 40]})
-        cfg["transform"].update(n=200, d=300, repeats=1)
+        cfg["transform"].update(n=200, d=300, repeats=1, loop_repeats=1)
         cfg["sweep"].update(n=[20, 80], d=[400, 200], q=[1, 3], fixed={"n": 60, "d": 200, "q": 3},
                             iters=3, m1=1, m2=3, repeats=1)
     return cfg
@@ -676,7 +676,7 @@ def render(results):
         c = r["config"]
         spec, loop = r["specnmf"], r["loop"]
         out.append(f"\n### transform: batched weighted NNLS (n={c['n']}, d={c['d']}, "
-                   f"q={c['q']}; median of {c['repeats']})\n")
+                   f"q={c['q']}; median of {c['repeats']} calls, the loop of {c['loop_repeats']})\n")
         rows = [["scipy.optimize.nnls loop", 1, f"{loop['time_s']:.4f}" if loop.get("ok")
                  else _err(loop), "1.00x", _mib(loop), ""]]
         for t, s in spec.items():
