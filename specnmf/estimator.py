@@ -708,7 +708,7 @@ class SpectralNMF(_ParamsMixin):
         want_cov = return_uncertainty or return_covariance
         try:
             res = weighted_nnls(X, ivar, self.templates_.astype(np.float64),
-                                return_covariance=want_cov, checked=False)
+                                return_covariance=want_cov, checked=False, dtype=np.float64)
         except UncheckedInputError:
             return None
         C, cov = res if want_cov else (res, None)

@@ -668,7 +668,7 @@ def spectrum_grams(X, ivar, templates, *, block_size=None):
 
 
 def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covariance=False,
-                  free_only=False, checked=True):
+                  free_only=False, checked=True, dtype=None):
     """Exact weighted NNLS coefficients of every spectrum.
 
     For each spectrum i, ``argmin_{c >= 0} sum_j ivar_ij (X_ij - c @ T[:, j])^2``,
@@ -699,11 +699,13 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
         data instead of two) and :class:`UncheckedInputError` is raised if
         they fail, or if they are not arrays it can check; the caller then
         validates them properly.
+    dtype : numpy dtype, optional
+        Of the coefficients; default the (floating) dtype of ``X``.
 
     Returns
     -------
     coefficients : ndarray of shape (n_spectra, n_components)
-        In the dtype of ``X``; a spectrum with no weight gets zeros.
+        A spectrum with no weight gets zeros.
     covariance : ndarray of shape (n_spectra, n_components, n_components)
         Only with ``return_covariance=True``.
     """
@@ -726,7 +728,9 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
         raise UncheckedInputError("these arrays cannot be checked on the fly")
     pairs = None
     max_iter = _default_max_iter(q)
-    coef = np.empty((n, q), dtype=X.dtype if X.dtype.kind == "f" else np.float64)
+    if dtype is None:
+        dtype = X.dtype if X.dtype.kind == "f" else np.float64
+    coef = np.empty((n, q), dtype=dtype)
     cov = np.empty((n, q, q)) if return_covariance else None
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))

@@ -188,3 +188,21 @@ def test_generated_kernels_match_their_generators():
 
     path = Path(_kernels.__file__).with_name("_kernels_generated.py")
     assert path.read_text() == _kernels.generated_source()
+
+
+def test_transform_of_any_layout_and_dtype_is_the_same():
+    X, ivar, C, T = _problem(300, 50, 3, seed=9)
+    model = SpectralNMF.from_templates(T)
+    ref = model.transform(X, ivar)
+    # Fortran order takes the numpy solvers: the same minimiser, to rounding
+    np.testing.assert_allclose(model.transform(np.asfortranarray(X), ivar), ref,
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.transform(X, ivar.astype(np.float32)), ref,
+                               rtol=1e-5, atol=1e-7)
+    X32, iv32 = X.astype(np.float32), ivar.astype(np.float32)
+    np.testing.assert_allclose(model.transform(X32, iv32), model.transform(
+        X32.astype(np.float64), iv32.astype(np.float64)), rtol=1e-10, atol=1e-12)
+    # the caller's arrays are left alone
+    X_copy = X.copy()
+    model.transform(X, ivar)
+    assert np.array_equal(X, X_copy)
