@@ -73,8 +73,8 @@ def gram_q1(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
@@ -179,8 +179,8 @@ def gram_q2(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
@@ -312,8 +312,8 @@ def gram_q3(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
@@ -475,8 +475,8 @@ def gram_q4(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
@@ -671,8 +671,8 @@ def gram_q5(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
@@ -903,8 +903,8 @@ def gram_q6(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
@@ -1174,8 +1174,8 @@ def gram_q7(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
@@ -1487,8 +1487,8 @@ def gram_q8(X, V, T, G, b, flags, lo, hi):
                 total += vj
                 negative += vj < 0
                 seen = vj > 0
-                first = min(first, j + (d - j) * (1 - seen))
-                last = max(last, (j + 1) * seen)
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
