@@ -67,7 +67,7 @@ import numpy as np
 from scipy.optimize import nnls as _scipy_nnls
 
 from .. import _kernels
-from .gram import pairs as _gram_pairs
+from .gram import unpack as _gram_unpack
 
 __all__ = ["nnls_gram", "weighted_nnls", "spectrum_grams", "nnls_covariance"]
 
@@ -503,7 +503,7 @@ def _grams_t(X, ivar, pairs):
     products of a few rows are too small for BLAS to thread, so groups of
     rows go to a few Python threads instead (numpy releases the GIL).
     """
-    P, ku, lu, TT = pairs
+    P, ku, _, TT = pairs
     rows, d = ivar.shape
     q = TT.shape[1]
     Gu = np.empty((rows, P.shape[1]))
@@ -520,10 +520,7 @@ def _grams_t(X, ivar, pairs):
                     for a in range(0, rows, group)]
             for job in jobs:
                 job.result()
-    G = np.empty((q, q, rows))
-    G[ku, lu] = Gu[:, :ku.size].T
-    G[lu, ku] = Gu[:, :ku.size].T
-    return G, np.ascontiguousarray(bu.T)
+    return _gram_unpack(Gu[:, :ku.size].T, q, np, axis=0), np.ascontiguousarray(bu.T)
 
 
 class UncheckedInputError(ValueError):
@@ -537,15 +534,6 @@ def _kernel_ok(X, ivar, q):
             and X.flags.c_contiguous and ivar.flags.c_contiguous)
 
 
-def _unpack_t(G, q):
-    """Packed Grams (m, q(q+1)/2) as a (q, q, m) stack."""
-    ku, lu, _ = _gram_pairs(q)
-    Gt = np.empty((q, q, G.shape[0]))
-    Gt[ku, lu] = G.T
-    Gt[lu, ku] = G.T
-    return Gt
-
-
 def _grams(X, ivar, T, pairs):
     """``_grams_t``, by the compiled kernel when it applies (validated data: a failed
     check can only be an overflow, which the BLAS path then reproduces)."""
@@ -553,7 +541,7 @@ def _grams(X, ivar, T, pairs):
     if _kernel_ok(X, ivar, q):
         G, b, ok = _kernels.spectrum_grams(X, ivar, T)
         if ok:
-            return _unpack_t(G, q), np.ascontiguousarray(b.T)
+            return _gram_unpack(G.T, q, np, axis=0), np.ascontiguousarray(b.T)
     return _grams_t(X, ivar, pairs)
 
 
@@ -573,7 +561,7 @@ def _kernel_nnls(X, ivar, T, max_iter):
         kkt=(_KKT_RTOL, _FREE_GRAD_FACTOR))
     if not ok:
         return None
-    Gt = _unpack_t(G, q)
+    Gt = _gram_unpack(G.T, q, np, axis=0)
     x = np.ascontiguousarray(x.T)
     x[:, status == _kernels.FRAGILE] = np.nan
     hard = np.flatnonzero(status == _kernels.HARD)
