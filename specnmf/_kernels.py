@@ -160,12 +160,6 @@ def _mu_source(q):
     return "\n".join(out)
 
 
-def _update(C, num, den, zero_division):
-    """The update of spectra without observed pixels: only penalties act."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den == 0, C.dtype.type(zero_division), C * num / den).astype(C.dtype)
-
-
 def _jit_kernel(name):
     """The compiled kernel ``name`` of :mod:`specnmf._kernels_generated`.
 
@@ -243,10 +237,10 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
     def work(c):
         s, e = chunks[c]
         seen = hi[s:e] > lo[s:e]
-        if not seen.any():
-            Cn[s:e] = _update(C[s:e], pen_num[s:e], pen_den[s:e], zero_division)
-            return
-        jlo, jhi = lo[s:e][seen].min(), hi[s:e][seen].max()
+        # the pixels any spectrum of the chunk observes (none: the kernel only
+        # applies the penalties' terms to the coefficients)
+        jlo = lo[s:e][seen].min() if seen.any() else np.uint64(0)
+        jhi = hi[s:e][seen].max() if seen.any() else np.uint64(0)
         # the chunk's statistics in the data's dtype, then widened into A[c], D[c]
         Ab = np.empty((q, d), dtype=dt)
         Db = np.empty((q, d), dtype=dt)

@@ -224,10 +224,11 @@ class InMemory(Engine):
     def _coverage(self):
         """First and last observed pixel of every spectrum, and the order sorting the first."""
         if getattr(self, "_coverage_cache", None) is None:
-            observed = self.ivar > 0
-            seen = observed.any(axis=1)
-            first = np.where(seen, observed.argmax(axis=1), 0)
-            last = np.where(seen, self.n_pixels - 1 - observed[:, ::-1].argmax(axis=1), 0)
+            from ._kernels import spans
+
+            lo, hi = spans(self.ivar)
+            first = lo.astype(np.int64)
+            last = np.where(hi > 0, hi.astype(np.int64) - 1, 0)
             self._coverage_cache = (first, last, np.argsort(first, kind="stable"))
         return self._coverage_cache
 
