@@ -112,6 +112,11 @@ def _same(a, b):
         return a is b
 
 
+def _sigma(cov):
+    """1-sigma errors from stacked covariance matrices (n, k, k)."""
+    return np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
+
+
 class SpectralNMF(_ParamsMixin):
     r"""Non-negative templates from noisy, weighted, masked, signed spectra.
 
@@ -683,12 +688,13 @@ class SpectralNMF(_ParamsMixin):
             if cov is not None:
                 cov[rows] = cb
             if sigma is not None:
-                sigma[rows] = np.sqrt(np.clip(np.diagonal(cb, axis1=1, axis2=2), 0, None))
-        out = (C.astype(dt, copy=False),)
-        if return_uncertainty:
-            out += (sigma.astype(dt, copy=False),)
-        if return_covariance:
-            out += (cov.astype(dt, copy=False),)
+                sigma[rows] = _sigma(cb)
+        return self._transform_outputs(C, sigma, cov)
+
+    def _transform_outputs(self, C, sigma, cov):
+        """``transform``'s return value in the model's dtype (sigma, cov: None if not asked)."""
+        dt = self.templates_.dtype
+        out = tuple(a.astype(dt, copy=False) for a in (C, sigma, cov) if a is not None)
         return out[0] if len(out) == 1 else out
 
     def _transform_fast(self, X, ivar, return_uncertainty, return_covariance):
@@ -712,14 +718,8 @@ class SpectralNMF(_ParamsMixin):
         except UncheckedInputError:
             return None
         C, cov = res if want_cov else (res, None)
-        dt = self.templates_.dtype
-        out = (C.astype(dt, copy=False),)
-        if return_uncertainty:
-            sigma = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
-            out += (sigma.astype(dt, copy=False),)
-        if return_covariance:
-            out += (cov.astype(dt, copy=False),)
-        return out[0] if len(out) == 1 else out
+        return self._transform_outputs(C, _sigma(cov) if return_uncertainty else None,
+                                       cov if return_covariance else None)
 
     @staticmethod
     def _penalised_rows(penalties, G, a, C, T, rows):
