@@ -32,6 +32,26 @@ def make_toy(n=40, d=30, k=3, missing=0.3, snr=3.0, seed=0):
     return X, ivar, truth
 
 
+class WeightedStandIn:
+    """Stands in for a solver in engine tests: ``prepare_block`` is all an engine calls."""
+
+    def prepare_key(self):
+        return "weighted"
+
+    def prepare_block(self, X, ivar):
+        return (X, ivar, ivar * X)
+
+
+def weighted_pass(T, rows, block, C_b):
+    """An engine pass function for the tests: a part that tells which rows made it
+    (``2 C_b + rows.start``) and statistics (C^T (V X), chi^2, rows seen).
+    Module level, so that cloudpickle ships it to Dask workers by reference."""
+    X, ivar, vx = block
+    resid = X - C_b @ T
+    part = C_b * 2.0 + rows.start
+    return part, (C_b.T @ vx, float(np.sum(ivar * resid * resid)), rows.stop - rows.start)
+
+
 @pytest.fixture
 def toy():
     return make_toy()

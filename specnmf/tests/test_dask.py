@@ -20,7 +20,7 @@ from specnmf._dask import DaskEngine  # noqa: E402
 from specnmf.engine import InMemory, make_engine  # noqa: E402
 from specnmf.solvers import SOLVERS  # noqa: E402
 
-from .conftest import make_toy  # noqa: E402
+from .conftest import WeightedStandIn, make_toy, weighted_pass  # noqa: E402
 
 # the estimator routes dask arrays through make_engine once it takes block_size
 ESTIMATOR_HAS_ENGINES = "block_size" in SpectralNMF(1).get_params()
@@ -47,25 +47,6 @@ def data():
     return X, ivar
 
 
-# -- a minimal solver and pass function, to test the engine's mechanics alone ------------
-class _Weighted:
-    """Stands in for a solver: ``prepare_block`` is all an engine calls."""
-
-    def prepare_key(self):
-        return "weighted"
-
-    def prepare_block(self, X, ivar):
-        return (X, ivar, ivar * X)
-
-
-def _pass_fn(T, rows, block, C_b):
-    """Module level (so cloudpickle ships it by reference): a part and statistics."""
-    X, ivar, vx = block
-    resid = X - C_b @ T
-    part = C_b * 2.0 + rows.start
-    return part, (C_b.T @ vx, float(np.sum(ivar * resid * resid)), rows.stop - rows.start)
-
-
 def _factors(n, d, k=3, seed=0):
     rng = np.random.default_rng(seed)
     return rng.uniform(size=(n, k)), rng.uniform(size=(k, d))
@@ -73,7 +54,8 @@ def _factors(n, d, k=3, seed=0):
 
 def _in_memory_pass(X, ivar, C, T):
     Xv, iv = V.check_spectra(X, ivar)
-    return InMemory(Xv, iv, block_rows=X.shape[0]).run_pass(_Weighted(), functools.partial(_pass_fn, T), C)
+    engine = InMemory(Xv, iv, block_rows=X.shape[0])
+    return engine.run_pass(WeightedStandIn(), functools.partial(weighted_pass, T), C)
 
 
 def _assert_same_pass(got, expected, C):
@@ -107,7 +89,7 @@ def test_pass_matches_in_memory_under_threads(data):
     engine = DaskEngine(da.from_array(X, chunks=(13, -1)), da.from_array(ivar, chunks=(13, -1)),
                         dtype="float64")
     with dask.config.set(scheduler="threads"):
-        got = engine.run_pass(_Weighted(), functools.partial(_pass_fn, T), C)
+        got = engine.run_pass(WeightedStandIn(), functools.partial(weighted_pass, T), C)
     assert len(got[0]) == 7
     _assert_same_pass(got, _in_memory_pass(X, ivar, C, T), C)
 
@@ -118,8 +100,8 @@ def test_pass_matches_in_memory_on_a_process_cluster(data, client):
     engine = DaskEngine(da.from_array(X, chunks=(13, -1)), da.from_array(ivar, chunks=(13, -1)),
                         dtype="float64")
     with client.as_current(), dask.config.set(scheduler="distributed"):
-        got = engine.run_pass(_Weighted(), functools.partial(_pass_fn, T), C)
-        pids, _ = engine.run_pass(_Weighted(), _pid_fn, C)
+        got = engine.run_pass(WeightedStandIn(), functools.partial(weighted_pass, T), C)
+        pids, _ = engine.run_pass(WeightedStandIn(), _pid_fn, C)
         summary = engine.scan()
     _assert_same_pass(got, _in_memory_pass(X, ivar, C, T), C)
     assert summary.n_observed == int(np.sum(ivar > 0))
@@ -141,7 +123,7 @@ def test_chunk_sizes_and_tree_shape_do_not_change_the_answer(data, cuts, split_e
     engine = DaskEngine(da.from_array(X, chunks=chunks), da.from_array(ivar, chunks=chunks),
                         dtype="float64", split_every=split_every)
     with dask.config.set(scheduler="sync"):
-        got = engine.run_pass(_Weighted(), functools.partial(_pass_fn, T), C)
+        got = engine.run_pass(WeightedStandIn(), functools.partial(weighted_pass, T), C)
     assert len(got[0]) == len(bounds) - 1
     _assert_same_pass(got, _in_memory_pass(X, ivar, C, T), C)
 
@@ -210,7 +192,7 @@ def test_blocks_arrive_in_the_working_namespace(data):
     X, ivar = data
     seen = []
 
-    class Recorder(_Weighted):
+    class Recorder(WeightedStandIn):
         def prepare_block(self, X_b, ivar_b):
             seen.append(type(X_b))
             return super().prepare_block(X_b, ivar_b)

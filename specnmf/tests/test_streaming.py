@@ -13,7 +13,7 @@ from specnmf import _validation as V
 from specnmf.engine import InMemory, Streamed, make_engine
 from specnmf.solvers import MULTIPLICATIVE, SOLVERS
 
-from .conftest import make_toy
+from .conftest import WeightedStandIn, make_toy, weighted_pass
 
 ESTIMATOR_HAS_ENGINES = "block_size" in SpectralNMF(1).get_params()
 needs_engine_estimator = pytest.mark.skipif(
@@ -118,20 +118,6 @@ def _opened(files, fmt):
 
 
 # -- the engine: streamed, validated, same statistics ----------------------------------------
-class _Weighted:
-    def prepare_key(self):
-        return "weighted"
-
-    def prepare_block(self, X, ivar):
-        return (X, ivar, ivar * X)
-
-
-def _pass_fn(T, rows, block, C_b):
-    X, ivar, vx = block
-    resid = X - C_b @ T
-    return C_b + rows.start, (C_b.T @ vx, float(np.sum(ivar * resid * resid)))
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_disk_arrays_are_streamed_not_loaded(files, fmt):
     with _opened(files, fmt) as (X, ivar):
@@ -147,17 +133,17 @@ def test_streamed_pass_and_scan_equal_in_memory(files, toy, fmt):
     Xv, iv = V.check_spectra(X, ivar)
     rng = np.random.default_rng(1)
     C, T = rng.uniform(size=(N, K)), rng.uniform(size=(K, D))
-    fn = functools.partial(_pass_fn, T)
-    ref_parts, ref_total = InMemory(Xv, iv, block_rows=N).run_pass(_Weighted(), fn, C)
+    fn = functools.partial(weighted_pass, T)
+    ref_parts, ref_total = InMemory(Xv, iv, block_rows=N).run_pass(WeightedStandIn(), fn, C)
     ref_scan = InMemory(Xv, iv).scan()
     with _opened(files, fmt) as (Xd, ivd):
         engine = Streamed(Xd, ivd, dtype="float64", block_rows=11)
-        parts, total = engine.run_pass(_Weighted(), fn, C)
+        parts, total = engine.run_pass(WeightedStandIn(), fn, C)
         summary = engine.scan()
         blocks = list(engine.blocks())
     assert len(parts) == 6 and len(ref_parts) == 1
     for rows, part in parts:
-        np.testing.assert_array_equal(part, C[rows] + rows.start)
+        np.testing.assert_array_equal(part, 2.0 * C[rows] + rows.start)
     np.testing.assert_allclose(total[0], ref_total[0], rtol=1e-12)
     assert total[1] == pytest.approx(ref_total[1], rel=1e-12)
     # validated blocks: NaN flux at ivar == 0 became 0, exactly as check_spectra does
