@@ -3,7 +3,9 @@ r"""specnmf against the published Nearly-NMF code: one command, one table.
     python -m benchmarks.run [--quick] [--cases periter target transform sweep_n sweep_d sweep_q]
 
 prints a markdown table and writes ``benchmarks/results.json`` and
-``benchmarks/results.md``.
+``benchmarks/results.md`` (a quick, smoke or partial run writes
+``results.partial.json``/``.md`` instead, so the full results are not
+overwritten by a subset).
 
 What is measured (all ratios are baseline time / specnmf time, measured in
 one run, on the same simulated data and from the same start):
@@ -767,7 +769,8 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
                         help="which measurements to run (default: all)")
     parser.add_argument("--output-dir", type=Path, default=HERE,
-                        help="where results.json and results.md are written")
+                        help="where results.json and results.md (results.partial.* for a "
+                             "quick, smoke or partial run) are written")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -785,10 +788,12 @@ def main(argv=None):
     results["meta"]["load_after"] = [round(v, 2) for v in os.getloadavg()]
 
     table = render(results)
+    full = not (args.quick or args.smoke) and set(args.cases) == set(CASES)
+    stem = "results" if full else "results.partial"
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.json").write_text(
+    (args.output_dir / f"{stem}.json").write_text(
         json.dumps(_jsonable(results), indent=1) + "\n")
-    (args.output_dir / "results.md").write_text(table)
+    (args.output_dir / f"{stem}.md").write_text(table)
     print(table)
     return 0
 

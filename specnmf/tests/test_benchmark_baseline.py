@@ -122,3 +122,16 @@ def test_simulated_spectra_are_seeded():
     c = simulate_spectra(50, 80, 3, random_state=6)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[0], c[0])
+
+
+def test_partial_benchmark_run_leaves_the_full_results_alone(tmp_path, capsys):
+    # a smoke run of one case: the harness works end to end and writes
+    # results.partial.*, not the committed full results.*
+    from benchmarks.run import main
+
+    assert main(["--smoke", "--cases", "transform", "--output-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.partial.json",
+                                                           "results.partial.md"]
+    table = (tmp_path / "results.partial.md").read_text()
+    assert "SpectralNMF.transform" in table and "scipy.optimize.nnls loop" in table
+    assert table in capsys.readouterr().out
