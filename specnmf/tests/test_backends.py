@@ -128,33 +128,26 @@ def _torch_with_cuda():
     return torch
 
 
-@needs_backend_param
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("solver", ALL_SOLVERS)
-def test_cupy_matches_numpy(toy, solver, dtype, monkeypatch):
-    cupy = _cupy_with_device()
-    X, ivar = toy
-    C0, T0 = _start(X)
-    ref = _fit(solver, X, ivar, C0, T0, dtype=dtype)
-    seen = _record_namespaces(monkeypatch, solver)
-    got = _fit(solver, cupy.asarray(X), cupy.asarray(ivar), C0, T0, dtype=dtype, backend="cupy")
-    assert seen and all(getattr(xp, "__name__", "").startswith("cupy") for xp in seen)
-    _compare(got, ref, dtype)
-
-
-@needs_backend_param
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("solver", ALL_SOLVERS)
-def test_torch_cuda_matches_numpy(toy, solver, dtype, monkeypatch):
+def _gpu(backend):
+    """(copy to the device, is this the backend's namespace name?) for a GPU backend, or skip."""
+    if backend == "cupy":
+        cupy = _cupy_with_device()
+        return cupy.asarray, lambda name: name.startswith("cupy")
     torch = _torch_with_cuda()
+    return (lambda a: torch.asarray(a, device="cuda")), lambda name: "torch" in name
+
+
+@needs_backend_param
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("solver", ALL_SOLVERS)
+@pytest.mark.parametrize("backend", ["cupy", "torch"])
+def test_gpu_backend_matches_numpy(toy, backend, solver, dtype, monkeypatch):
+    to_device, is_backend = _gpu(backend)
     X, ivar = toy
     C0, T0 = _start(X)
     ref = _fit(solver, X, ivar, C0, T0, dtype=dtype)
     seen = _record_namespaces(monkeypatch, solver)
-    Xt = torch.asarray(X, device="cuda")
-    it = torch.asarray(ivar, device="cuda")
-    got = _fit(solver, Xt, it, C0, T0, dtype=dtype, backend="torch")
-    assert seen and all("torch" in getattr(xp, "__name__", "") for xp in seen)
+    got = _fit(solver, to_device(X), to_device(ivar), C0, T0, dtype=dtype, backend=backend)
+    assert seen and all(is_backend(getattr(xp, "__name__", "")) for xp in seen)
     _compare(got, ref, dtype)
