@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["simulate_templates", "simulate_block", "calibrate_noise", "write_hdf5",
-           "fit_in_child", "peak_rss_gib"]
+           "fit_in_child", "fit_each", "peak_rss_gib"]
 
 #: observed window length, as a fraction of the grid, is drawn from f +- this
 _WINDOW_JITTER = 0.1
@@ -224,6 +224,26 @@ def fit_in_child(path, solver, *, q, iters, block_size, threads=None):
     return report
 
 
+def fit_each(path, report, solvers, *, q, iters, block_size):
+    """:func:`fit_in_child` for each solver, appending its report (or its error)
+    and the load average after it to ``report["fits"]``."""
+    for solver in solvers:
+        print(f"fitting {solver}: {iters} iterations, block_size={block_size}",
+              file=sys.stderr, flush=True)
+        try:
+            fit = fit_in_child(path, solver, q=q, iters=iters, block_size=block_size)
+        except RuntimeError as exc:
+            fit = {"solver": solver, "error": str(exc)[-2000:]}
+            print(f"  {solver} failed: {exc}", file=sys.stderr, flush=True)
+        else:
+            per, first = fit["seconds_per_iteration"], fit["first_callback_seconds"]
+            print(f"  {solver}: {'-' if per is None else f'{per:.2f}'} s/iteration, peak RSS "
+                  f"{fit['peak_rss_gib']:.2f} GiB, first callback after "
+                  f"{'-' if first is None else f'{first:.1f}'} s", file=sys.stderr, flush=True)
+        fit["load_after"] = _load()
+        report["fits"].append(fit)
+
+
 def peak_rss_gib():
     """Peak resident memory of this process so far, in GiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -261,16 +281,8 @@ def main(argv=None):
                                     negative_fraction=args.negative)
         report["writer_peak_rss_gib"] = peak_rss_gib()
         print(json.dumps(report["data"]), file=sys.stderr)
-        for solver in args.solvers:
-            print(f"fitting {solver} ({args.iters} iterations, block_size={args.block_size})",
-                  file=sys.stderr, flush=True)
-            fit = fit_in_child(path, solver, q=args.q, iters=args.iters,
-                               block_size=args.block_size)
-            fit["load_after"] = _load()
-            report["fits"].append(fit)
-            print(f"  {solver}: {fit['seconds_per_iteration']:.2f} s/iteration, peak RSS "
-                  f"{fit['peak_rss_gib']:.2f} GiB (first callback after "
-                  f"{fit['first_callback_seconds']:.1f} s)", file=sys.stderr, flush=True)
+        fit_each(path, report, args.solvers, q=args.q, iters=args.iters,
+                 block_size=args.block_size)
     finally:
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .scale_hdf5 import _load, emit_report, fit_in_child, peak_rss_gib, write_hdf5
+from .scale_hdf5 import _load, emit_report, fit_each, peak_rss_gib, write_hdf5
 
 N_SPECTRA = 130_000
 N_PIXELS = 11_050
@@ -64,20 +64,8 @@ def main(argv=None):
                                     observed_fraction=1.0 - MISSING, negative_fraction=NEGATIVE)
         report["writer_peak_rss_gib"] = peak_rss_gib()
         print(json.dumps(report["data"]), file=sys.stderr, flush=True)
-        for solver in args.solvers:
-            print(f"fitting {solver}: {args.iters} iterations, block_size={args.block_size}",
-                  file=sys.stderr, flush=True)
-            try:
-                fit = fit_in_child(path, solver, q=N_COMPONENTS, iters=args.iters,
-                                   block_size=args.block_size)
-            except RuntimeError as exc:
-                fit = {"solver": solver, "error": str(exc)[-2000:]}
-                print(f"  {solver} failed: {exc}", file=sys.stderr, flush=True)
-            else:
-                print(f"  {solver}: {fit['seconds_per_iteration']:.1f} s/iteration, peak RSS "
-                      f"{fit['peak_rss_gib']:.2f} GiB", file=sys.stderr, flush=True)
-            fit["load_after"] = _load()
-            report["fits"].append(fit)
+        fit_each(path, report, args.solvers, q=N_COMPONENTS, iters=args.iters,
+                 block_size=args.block_size)
     finally:
         if not args.keep:
             shutil.rmtree(directory, ignore_errors=True)

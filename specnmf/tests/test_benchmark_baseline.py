@@ -135,3 +135,16 @@ def test_partial_benchmark_run_leaves_the_full_results_alone(tmp_path, capsys):
     table = (tmp_path / "results.partial.md").read_text()
     assert "SpectralNMF.transform" in table and "scipy.optimize.nnls loop" in table
     assert table in capsys.readouterr().out
+
+
+def test_streaming_scale_script_end_to_end(tmp_path, capsys):
+    # the scale benchmark at a toy size: writes the HDF5 file, fits each solver
+    # in a child process from the file, reports, and removes the file
+    pytest.importorskip("h5py")
+    from benchmarks.scale_hdf5 import main
+
+    report = main(["--n", "120", "--d", "60", "--iters", "2", "--block-size", "50",
+                   "--solvers", "nearly", "anls", "--dir", str(tmp_path)])
+    assert [f["solver"] for f in report["fits"]] == ["nearly", "anls"]
+    assert all("error" not in f and f["peak_rss_gib"] > 0 for f in report["fits"])
+    assert report["data"]["n_spectra"] == 120 and list(tmp_path.iterdir()) == []
