@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 import zipfile
 from numbers import Integral, Real
 from pathlib import Path
@@ -49,6 +49,21 @@ def _host_array(a, name):
         # object arrays could only be stored with pickle
         raise TypeError(f"checkpoint array {name!r} must be numeric or string; got dtype {arr.dtype}")
     return arr
+
+
+def _create_temporary(directory, name):
+    """A new file beside the checkpoint, opened for writing: ``(fd, path)``.
+
+    Unlike :func:`tempfile.mkstemp` (mode 0600) it gets the permissions of any
+    file the user writes (0666 less the umask), which the final file keeps.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = Path(directory) / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
 
 
 def save_checkpoint(path, arrays, meta):
@@ -92,7 +107,7 @@ def save_checkpoint(path, arrays, meta):
 
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temporary(directory, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **host)

@@ -59,6 +59,17 @@ def test_overwrite_replaces_and_leaves_no_temporaries(tmp_path):
     assert os.listdir(tmp_path) == ["fit.npz"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_checkpoint_gets_ordinary_file_permissions(tmp_path):
+    # like any file the user writes (0666 less the umask), not a private temporary's 0600
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "fit.npz", {"x": np.ones(2)}, {})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "fit.npz").stat().st_mode & 0o777 == 0o644
+
+
 def test_saving_never_pickles(tmp_path):
     with pytest.raises(TypeError, match="'bad'.*object"):
         save_checkpoint(tmp_path / "c.npz", {"bad": np.array([{"a": 1}], dtype=object)}, {})
