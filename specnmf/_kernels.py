@@ -144,13 +144,16 @@ def _mu_source(q):
         w(f"            de = e{k} + pden[i, {k}]")
         w(f"        c{k} = zd if de == 0 else c{k} * nu / de")
         w(f"        Cn[i, {k}] = c{k}")
-    # template statistics with the new coefficients, while the row is in cache
+    # template statistics with the new coefficients, while the row is in cache;
+    # one loop per statistic: with both in one loop LLVM gives up vectorising
+    # it for q >= 6 ("too many memory checks needed"), ~2x slower
     w("        for j in range(j0, j1):")
-    w("            vj = vi[j]")
-    w("            vx = vj * xi[j]")
-    w("            u = vj * (" + " + ".join(f"c{k} * T[{k}, j]" for k in ks) + " + y)")
+    w("            vx = vi[j] * xi[j]")
     for k in ks:
         w(f"            Ab[{k}, j] += vx * c{k}")
+    w("        for j in range(j0, j1):")
+    w("            u = vi[j] * (" + " + ".join(f"c{k} * T[{k}, j]" for k in ks) + " + y)")
+    for k in ks:
         w(f"            Db[{k}, j] += u * c{k}")
     w("    for k in range(Ab.shape[0]):")
     w("        for j in range(jlo, jhi):")

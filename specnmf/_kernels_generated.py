@@ -46,10 +46,10 @@ def mu_q1(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c0 = zd if de == 0 else c0 * nu / de
         Cn[i, 0] = c0
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + y)
             Db[0, j] += u * c0
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
@@ -150,12 +150,12 @@ def mu_q2(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c1 = zd if de == 0 else c1 * nu / de
         Cn[i, 1] = c1
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + c1 * T[1, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
-            Db[0, j] += u * c0
             Ab[1, j] += vx * c1
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + y)
+            Db[0, j] += u * c0
             Db[1, j] += u * c1
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
@@ -281,14 +281,14 @@ def mu_q3(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c2 = zd if de == 0 else c2 * nu / de
         Cn[i, 2] = c2
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
-            Db[0, j] += u * c0
             Ab[1, j] += vx * c1
-            Db[1, j] += u * c1
             Ab[2, j] += vx * c2
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
             Db[2, j] += u * c2
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
@@ -442,16 +442,16 @@ def mu_q4(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c3 = zd if de == 0 else c3 * nu / de
         Cn[i, 3] = c3
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
-            Db[0, j] += u * c0
             Ab[1, j] += vx * c1
-            Db[1, j] += u * c1
             Ab[2, j] += vx * c2
-            Db[2, j] += u * c2
             Ab[3, j] += vx * c3
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
+            Db[2, j] += u * c2
             Db[3, j] += u * c3
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
@@ -636,18 +636,18 @@ def mu_q5(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c4 = zd if de == 0 else c4 * nu / de
         Cn[i, 4] = c4
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
-            Db[0, j] += u * c0
             Ab[1, j] += vx * c1
-            Db[1, j] += u * c1
             Ab[2, j] += vx * c2
-            Db[2, j] += u * c2
             Ab[3, j] += vx * c3
-            Db[3, j] += u * c3
             Ab[4, j] += vx * c4
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
+            Db[2, j] += u * c2
+            Db[3, j] += u * c3
             Db[4, j] += u * c4
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
@@ -866,20 +866,20 @@ def mu_q6(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c5 = zd if de == 0 else c5 * nu / de
         Cn[i, 5] = c5
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
-            Db[0, j] += u * c0
             Ab[1, j] += vx * c1
-            Db[1, j] += u * c1
             Ab[2, j] += vx * c2
-            Db[2, j] += u * c2
             Ab[3, j] += vx * c3
-            Db[3, j] += u * c3
             Ab[4, j] += vx * c4
-            Db[4, j] += u * c4
             Ab[5, j] += vx * c5
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
+            Db[2, j] += u * c2
+            Db[3, j] += u * c3
+            Db[4, j] += u * c4
             Db[5, j] += u * c5
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
@@ -1135,22 +1135,22 @@ def mu_q7(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c6 = zd if de == 0 else c6 * nu / de
         Cn[i, 6] = c6
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + c6 * T[6, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
-            Db[0, j] += u * c0
             Ab[1, j] += vx * c1
-            Db[1, j] += u * c1
             Ab[2, j] += vx * c2
-            Db[2, j] += u * c2
             Ab[3, j] += vx * c3
-            Db[3, j] += u * c3
             Ab[4, j] += vx * c4
-            Db[4, j] += u * c4
             Ab[5, j] += vx * c5
-            Db[5, j] += u * c5
             Ab[6, j] += vx * c6
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + c6 * T[6, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
+            Db[2, j] += u * c2
+            Db[3, j] += u * c3
+            Db[4, j] += u * c4
+            Db[5, j] += u * c5
             Db[6, j] += u * c6
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
@@ -1446,24 +1446,24 @@ def mu_q8(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c7 = zd if de == 0 else c7 * nu / de
         Cn[i, 7] = c7
         for j in range(j0, j1):
-            vj = vi[j]
-            vx = vj * xi[j]
-            u = vj * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + c6 * T[6, j] + c7 * T[7, j] + y)
+            vx = vi[j] * xi[j]
             Ab[0, j] += vx * c0
-            Db[0, j] += u * c0
             Ab[1, j] += vx * c1
-            Db[1, j] += u * c1
             Ab[2, j] += vx * c2
-            Db[2, j] += u * c2
             Ab[3, j] += vx * c3
-            Db[3, j] += u * c3
             Ab[4, j] += vx * c4
-            Db[4, j] += u * c4
             Ab[5, j] += vx * c5
-            Db[5, j] += u * c5
             Ab[6, j] += vx * c6
-            Db[6, j] += u * c6
             Ab[7, j] += vx * c7
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + c6 * T[6, j] + c7 * T[7, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
+            Db[2, j] += u * c2
+            Db[3, j] += u * c3
+            Db[4, j] += u * c4
+            Db[5, j] += u * c5
+            Db[6, j] += u * c6
             Db[7, j] += u * c7
     for k in range(Ab.shape[0]):
         for j in range(jlo, jhi):
