@@ -404,6 +404,10 @@ def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3)
 
 #: status codes of :func:`spectrum_grams` with ``solve=True``
 SOLVED, BAD_WEIGHTS, BAD_FLUX, HARD, FRAGILE = 0, 1, 2, 3, 4
+#: internal: left by :func:`_free_rows` for the active-set loop
+_RETRY = 5
+#: problems per batch of :func:`_free_rows` (its work arrays stay in L1/L2)
+_TILE = 64
 
 
 def _jit(fn):
@@ -473,6 +477,103 @@ def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
 
 
 @_jit
+def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
+    """The common case of :func:`_nnls_rows`, many problems at a time.
+
+    Solves every problem with all coefficients free, by the same arithmetic
+    as :func:`_cholesky_solve` and :func:`_kkt_ok` but with the problem index
+    innermost, so that the divisions and square roots of many problems are
+    vectorised instead of waiting on each other.  A problem is accepted where
+    the whole system's pivots are at least ``hard_pivot``, the solution is
+    positive and passes the KKT test: exactly the problems the active-set
+    loop would accept at its first step, with the same bits.  The others are
+    marked ``_RETRY``.
+    """
+    n, q = b.shape
+    P = G.shape[1]
+    Gt = np.empty((P, _TILE))
+    s = np.empty((q, _TILE))
+    bs = np.empty((q, _TILE))
+    L = np.empty((q, q, _TILE))
+    z = np.empty((q, _TILE))
+    ok = np.empty(_TILE, dtype=np.bool_)
+    packed = np.empty((q, q), dtype=np.int64)
+    p = 0
+    for k in range(q):
+        for e in range(k, q):
+            packed[k, e] = p
+            packed[e, k] = p
+            p += 1
+    for t0 in range(0, n, _TILE):
+        m = min(_TILE, n - t0)
+        for r in range(m):
+            for p in range(P):
+                Gt[p, r] = G[t0 + r, p]
+        for r in range(m):
+            ok[r] = status[t0 + r] == SOLVED
+        for k in range(q):
+            pk = packed[k, k]
+            for r in range(m):
+                dk = Gt[pk, r]
+                ok[r] = ok[r] and dk > 0.0
+                s[k, r] = 1.0 / np.sqrt(dk) if dk > 0.0 else 0.0
+                bs[k, r] = b[t0 + r, k] * s[k, r]
+        for a in range(q):         # Cholesky of the unit-diagonal S G S
+            for c in range(a + 1):
+                pac = packed[a, c]
+                if a == c:
+                    for r in range(m):
+                        v = 1.0
+                        for e in range(c):
+                            v -= L[a, e, r] * L[c, e, r]
+                        ok[r] = ok[r] and v >= hard_pivot
+                        L[a, a, r] = np.sqrt(v) if v > 0.0 else 1.0
+                else:
+                    for r in range(m):
+                        v = Gt[pac, r] * s[a, r] * s[c, r]
+                        for e in range(c):
+                            v -= L[a, e, r] * L[c, e, r]
+                        L[a, c, r] = v / L[c, c, r]
+        for a in range(q):
+            for r in range(m):
+                v = bs[a, r]
+                for e in range(a):
+                    v -= L[a, e, r] * z[e, r]
+                z[a, r] = v / L[a, a, r]
+        for a in range(q - 1, -1, -1):
+            for r in range(m):
+                v = z[a, r]
+                for e in range(a + 1, q):
+                    v -= L[e, a, r] * z[e, r]
+                z[a, r] = v / L[a, a, r]
+        for r in range(m):
+            i = t0 + r
+            if status[i] != SOLVED:
+                continue
+            good = ok[r]
+            bmax = 0.0
+            xmax = 0.0
+            for k in range(q):
+                good = good and z[k, r] > 0.0
+                bmax = max(bmax, abs(bs[k, r]))
+                xmax = max(xmax, abs(z[k, r]))
+            if good:
+                tol = rtol * (bmax + q * xmax)
+                for k in range(q):
+                    g = -bs[k, r]
+                    for e in range(q):
+                        g += (z[e, r] if k == e
+                              else Gt[packed[k, e], r] * s[k, r] * s[e, r] * z[e, r])
+                    if abs(g) > free_factor * tol:
+                        good = False
+            if good:
+                for k in range(q):
+                    x[i, k] = z[k, r] * s[k, r]
+            else:
+                status[i] = _RETRY
+
+
+@_jit
 def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
     """Exact NNLS of every well-conditioned problem (packed Grams G, projections b).
 
@@ -480,6 +581,7 @@ def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
     active-set method with Cholesky solves.  Problems whose whole system has a
     pivot below ``hard_pivot`` (or that fail the KKT test) are marked HARD,
     below ``fragile_pivot`` FRAGILE, for the caller's careful solvers.
+    Most problems are solved by :func:`_free_rows` first.
     """
     n, q = b.shape
     M = np.zeros((q, q))
@@ -499,9 +601,11 @@ def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
             packed[k, e] = p
             packed[e, k] = p
             p += 1
+    _free_rows(G, b, x, status, hard_pivot, rtol, free_factor)
     for i in range(n):
-        if status[i] != SOLVED:
+        if status[i] != _RETRY:
             continue
+        status[i] = SOLVED
         for k in range(q):
             dk = G[i, packed[k, k]]
             live[k] = dk > 0.0
@@ -525,6 +629,18 @@ def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
             xx[k] = z[k]
             if live[k] and not z[k] > 0.0:
                 done = False
+        if not done:
+            # the support of the free solution is usually the answer's: one
+            # solve on it, accepted only if it passes the KKT test (the same
+            # solve Lawson & Hanson would end with, so the same bits)
+            for k in range(q):
+                free[k] = live[k] and z[k] > 0.0
+            _cholesky_solve(M, free, bs, xx, A, index)
+            done = True
+            for k in range(q):
+                if free[k] and not xx[k] > 0.0:
+                    done = False
+            done = done and _kkt_ok(M, bs, xx, free, live, rtol, free_factor)
         if not done:
             # Lawson & Hanson from x = 0
             for k in range(q):

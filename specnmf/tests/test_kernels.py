@@ -169,6 +169,30 @@ def test_kernel_nnls_hands_off_hard_problems():
     assert ok and np.any(status != _kernels.SOLVED)
 
 
+@pytest.mark.parametrize("q", [1, 3, 5, 8])
+def test_batched_free_solves_equal_the_active_set_loop(q):
+    """The vectorised all-free pass accepts only what the one-problem-at-a-time
+    loop would accept at its first step, bit for bit; the rest go to the loop."""
+    X, ivar = _problem(700, 80, q, seed=q)[:2]
+    rng = np.random.default_rng(q)
+    T = rng.uniform(0.1, 1.0, (q, 80))
+    G, b, ok = _kernels.spectrum_grams(np.ascontiguousarray(X), ivar, T)
+    b[::3] *= rng.choice([-1.0, 1.0], size=(len(b[::3]), q))   # active bounds
+    G[::11, 0] = 0                                              # a template without weight
+    out = {}
+    for start in (_kernels.SOLVED, _kernels._RETRY):            # _RETRY: skip the batched pass
+        x = np.full(b.shape, -1.0)
+        status = np.full(len(b), start, dtype=np.int8)
+        _kernels._nnls_rows(G, b, x, status, 1e-9, 1e-3, 1e-11, 1e3)
+        out[start] = x, status
+    np.testing.assert_array_equal(out[_kernels.SOLVED][1], out[_kernels._RETRY][1])
+    np.testing.assert_array_equal(out[_kernels.SOLVED][0], out[_kernels._RETRY][0])
+    # both paths did real work
+    batch = np.zeros(len(b), dtype=np.int8)
+    _kernels._free_rows(G, b, np.zeros(b.shape), batch, 1e-3, 1e-11, 1e3)
+    assert np.any(batch == _kernels.SOLVED) and np.any(batch == _kernels._RETRY)
+
+
 @pytest.mark.parametrize("n_components", [None, 3])
 def test_auto_form_is_consistent_between_prepare_and_step(n_components):
     # the fused form is chosen only for a solver built for its number of components
