@@ -284,8 +284,9 @@ def _gram_source(q):
     pairs = [(k, l) for k in range(q) for l in range(k, q)]
     out = []
     w = out.append
-    w(f"def gram_q{q}(X, V, T, G, b, flags, lo, hi):")
+    w(f"def gram_q{q}(X, V, T, G, b, flags, lo, hi, touched):")
     w("    n, d = V.shape")
+    w("    flat = V.reshape(-1)")
     w("    for r0 in range(0, n, ROWS):")
     w("        r1 = min(n, r0 + ROWS)")
     # a sweep over each whole weight row: sign, finiteness and observed span
@@ -318,8 +319,20 @@ def _gram_source(q):
         w(f"            g{k}_{l} = 0.0")
     for k in range(q):
         w(f"            b{k} = 0.0")
+    # The sums are arithmetic-bound and the sweep above memory-bound, and one
+    # core does not overlap them by itself: so the sums also load three runs
+    # of the weights of the next rows (about one row's worth), which the next
+    # sweep then finds in cache.  The loads must be used: their sum is stored.
+    w("            span = np.int64(hi[i]) - np.int64(lo[i])")
+    w("            stride = min(span, (n * d - span) // 2)")
+    w("            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])")
+    w("            ahead0 = flat[max(0, ahead):]")
+    w("            ahead1 = flat[max(0, ahead + stride):]")
+    w("            ahead2 = flat[max(0, ahead + 2 * stride):]")
+    w("            ahead_sum = 0.0")
     w("            for j in range(lo[i], hi[i]):")
     w("                vj = np.float64(vi[j])")
+    w("                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])")
     w("                vx = vj * xi[j] if vj > 0 else 0.0")   # NaN flux where ivar == 0 is allowed
     for k in range(q):
         w(f"                t{k} = T[{k}, j]")
@@ -334,6 +347,7 @@ def _gram_source(q):
     total = " + ".join(f"b{k}" for k in range(q))
     w(f"            if not ({total} < np.inf and {total} > -np.inf):")
     w("                flags[i] = 2")
+    w("            touched[i] = ahead_sum")
     return "\n".join(out)
 
 
@@ -383,13 +397,14 @@ def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3)
     flags = np.zeros(n, dtype=np.int8)
     lo = np.zeros(n, dtype=np.uint64)
     hi = np.zeros(n, dtype=np.uint64)
+    touched = np.empty(n)
     x = np.zeros((n, q)) if solve else None
     T = np.ascontiguousarray(T, dtype=np.float64)
     step = max(CHUNK, -(-n // (4 * (threads or num_threads()))))
     chunks = [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
     def work(sl):
-        kernel(X[sl], ivar[sl], T, G[sl], b[sl], flags[sl], lo[sl], hi[sl])
+        kernel(X[sl], ivar[sl], T, G[sl], b[sl], flags[sl], lo[sl], hi[sl], touched[sl])
         if solve:
             _nnls_rows(G[sl], b[sl], x[sl], flags[sl], *pivots, *kkt)
 

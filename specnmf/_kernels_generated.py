@@ -58,8 +58,9 @@ def mu_q1(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q1(X, V, T, G, b, flags, lo, hi):
+def gram_q1(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -86,8 +87,16 @@ def gram_q1(X, V, T, G, b, flags, lo, hi):
             xi = X[i]
             g0_0 = 0.0
             b0 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -97,6 +106,7 @@ def gram_q1(X, V, T, G, b, flags, lo, hi):
             b[i, 0] = b0
             if not (b0 < np.inf and b0 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
 
 
 def mu_q2(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
@@ -164,8 +174,9 @@ def mu_q2(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q2(X, V, T, G, b, flags, lo, hi):
+def gram_q2(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -195,8 +206,16 @@ def gram_q2(X, V, T, G, b, flags, lo, hi):
             g1_1 = 0.0
             b0 = 0.0
             b1 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -214,6 +233,7 @@ def gram_q2(X, V, T, G, b, flags, lo, hi):
             b[i, 1] = b1
             if not (b0 + b1 < np.inf and b0 + b1 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
 
 
 def mu_q3(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
@@ -297,8 +317,9 @@ def mu_q3(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q3(X, V, T, G, b, flags, lo, hi):
+def gram_q3(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -332,8 +353,16 @@ def gram_q3(X, V, T, G, b, flags, lo, hi):
             b0 = 0.0
             b1 = 0.0
             b2 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -361,6 +390,7 @@ def gram_q3(X, V, T, G, b, flags, lo, hi):
             b[i, 2] = b2
             if not (b0 + b1 + b2 < np.inf and b0 + b1 + b2 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
 
 
 def mu_q4(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
@@ -460,8 +490,9 @@ def mu_q4(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q4(X, V, T, G, b, flags, lo, hi):
+def gram_q4(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -500,8 +531,16 @@ def gram_q4(X, V, T, G, b, flags, lo, hi):
             b1 = 0.0
             b2 = 0.0
             b3 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -541,6 +580,7 @@ def gram_q4(X, V, T, G, b, flags, lo, hi):
             b[i, 3] = b3
             if not (b0 + b1 + b2 + b3 < np.inf and b0 + b1 + b2 + b3 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
 
 
 def mu_q5(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
@@ -656,8 +696,9 @@ def mu_q5(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q5(X, V, T, G, b, flags, lo, hi):
+def gram_q5(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -702,8 +743,16 @@ def gram_q5(X, V, T, G, b, flags, lo, hi):
             b2 = 0.0
             b3 = 0.0
             b4 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -757,6 +806,7 @@ def gram_q5(X, V, T, G, b, flags, lo, hi):
             b[i, 4] = b4
             if not (b0 + b1 + b2 + b3 + b4 < np.inf and b0 + b1 + b2 + b3 + b4 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
 
 
 def mu_q6(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
@@ -888,8 +938,9 @@ def mu_q6(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q6(X, V, T, G, b, flags, lo, hi):
+def gram_q6(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -941,8 +992,16 @@ def gram_q6(X, V, T, G, b, flags, lo, hi):
             b3 = 0.0
             b4 = 0.0
             b5 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -1012,6 +1071,7 @@ def gram_q6(X, V, T, G, b, flags, lo, hi):
             b[i, 5] = b5
             if not (b0 + b1 + b2 + b3 + b4 + b5 < np.inf and b0 + b1 + b2 + b3 + b4 + b5 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
 
 
 def mu_q7(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
@@ -1159,8 +1219,9 @@ def mu_q7(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q7(X, V, T, G, b, flags, lo, hi):
+def gram_q7(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -1220,8 +1281,16 @@ def gram_q7(X, V, T, G, b, flags, lo, hi):
             b4 = 0.0
             b5 = 0.0
             b6 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -1309,6 +1378,7 @@ def gram_q7(X, V, T, G, b, flags, lo, hi):
             b[i, 6] = b6
             if not (b0 + b1 + b2 + b3 + b4 + b5 + b6 < np.inf and b0 + b1 + b2 + b3 + b4 + b5 + b6 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
 
 
 def mu_q8(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
@@ -1472,8 +1542,9 @@ def mu_q8(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
     return chi
 
 
-def gram_q8(X, V, T, G, b, flags, lo, hi):
+def gram_q8(X, V, T, G, b, flags, lo, hi, touched):
     n, d = V.shape
+    flat = V.reshape(-1)
     for r0 in range(0, n, ROWS):
         r1 = min(n, r0 + ROWS)
         for i in range(r0, r1):
@@ -1542,8 +1613,16 @@ def gram_q8(X, V, T, G, b, flags, lo, hi):
             b5 = 0.0
             b6 = 0.0
             b7 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
             for j in range(lo[i], hi[i]):
                 vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
                 vx = vj * xi[j] if vj > 0 else 0.0
                 t0 = T[0, j]
                 u0 = vj * t0
@@ -1651,3 +1730,4 @@ def gram_q8(X, V, T, G, b, flags, lo, hi):
             b[i, 7] = b7
             if not (b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 < np.inf and b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 > -np.inf):
                 flags[i] = 2
+            touched[i] = ahead_sum
