@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
 __all__ = ["available", "MAX_Q", "spans", "mu_pass", "spectrum_grams", "num_threads"]
 
 #: largest number of components with an unrolled kernel (register pressure beyond)
-MAX_Q = 8
+MAX_Q = 10
 #: spectra per chunk: the unit of threading and of float64 accumulation
 CHUNK = 256
 

@@ -1731,3 +1731,854 @@ def gram_q8(X, V, T, G, b, flags, lo, hi, touched):
             if not (b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 < np.inf and b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 > -np.inf):
                 flags[i] = 2
             touched[i] = ahead_sum
+
+
+def mu_q9(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
+    n = v.shape[0]
+    chi = 0.0
+    for k in range(Ab.shape[0]):
+        for j in range(jlo, jhi):
+            Ab[k, j] = zero
+            Db[k, j] = zero
+    for i in range(n):
+        j0 = lo[i]
+        j1 = hi[i]
+        vi = v[i]
+        xi = x[i]
+        c0 = C[i, 0]
+        a0 = zero
+        e0 = zero
+        c1 = C[i, 1]
+        a1 = zero
+        e1 = zero
+        c2 = C[i, 2]
+        a2 = zero
+        e2 = zero
+        c3 = C[i, 3]
+        a3 = zero
+        e3 = zero
+        c4 = C[i, 4]
+        a4 = zero
+        e4 = zero
+        c5 = C[i, 5]
+        a5 = zero
+        e5 = zero
+        c6 = C[i, 6]
+        a6 = zero
+        e6 = zero
+        c7 = C[i, 7]
+        a7 = zero
+        e7 = zero
+        c8 = C[i, 8]
+        a8 = zero
+        e8 = zero
+        s = 0.0
+        for j in range(j0, j1):
+            t0 = T[0, j]
+            t1 = T[1, j]
+            t2 = T[2, j]
+            t3 = T[3, j]
+            t4 = T[4, j]
+            t5 = T[5, j]
+            t6 = T[6, j]
+            t7 = T[7, j]
+            t8 = T[8, j]
+            m = c0 * t0 + c1 * t1 + c2 * t2 + c3 * t3 + c4 * t4 + c5 * t5 + c6 * t6 + c7 * t7 + c8 * t8
+            vj = vi[j]
+            xj = xi[j]
+            r = xj - y - m
+            s += vj * r * r
+            vx = vj * xj
+            u = vj * (m + y)
+            a0 += vx * t0
+            e0 += u * t0
+            a1 += vx * t1
+            e1 += u * t1
+            a2 += vx * t2
+            e2 += u * t2
+            a3 += vx * t3
+            e3 += u * t3
+            a4 += vx * t4
+            e4 += u * t4
+            a5 += vx * t5
+            e5 += u * t5
+            a6 += vx * t6
+            e6 += u * t6
+            a7 += vx * t7
+            e7 += u * t7
+            a8 += vx * t8
+            e8 += u * t8
+        chi += s
+        if nearly:
+            nu = max(a0, zero) + pnum[i, 0]
+            de = e0 + max(-a0, zero) + pden[i, 0]
+        else:
+            nu = a0 + pnum[i, 0]
+            de = e0 + pden[i, 0]
+        c0 = zd if de == 0 else c0 * nu / de
+        Cn[i, 0] = c0
+        if nearly:
+            nu = max(a1, zero) + pnum[i, 1]
+            de = e1 + max(-a1, zero) + pden[i, 1]
+        else:
+            nu = a1 + pnum[i, 1]
+            de = e1 + pden[i, 1]
+        c1 = zd if de == 0 else c1 * nu / de
+        Cn[i, 1] = c1
+        if nearly:
+            nu = max(a2, zero) + pnum[i, 2]
+            de = e2 + max(-a2, zero) + pden[i, 2]
+        else:
+            nu = a2 + pnum[i, 2]
+            de = e2 + pden[i, 2]
+        c2 = zd if de == 0 else c2 * nu / de
+        Cn[i, 2] = c2
+        if nearly:
+            nu = max(a3, zero) + pnum[i, 3]
+            de = e3 + max(-a3, zero) + pden[i, 3]
+        else:
+            nu = a3 + pnum[i, 3]
+            de = e3 + pden[i, 3]
+        c3 = zd if de == 0 else c3 * nu / de
+        Cn[i, 3] = c3
+        if nearly:
+            nu = max(a4, zero) + pnum[i, 4]
+            de = e4 + max(-a4, zero) + pden[i, 4]
+        else:
+            nu = a4 + pnum[i, 4]
+            de = e4 + pden[i, 4]
+        c4 = zd if de == 0 else c4 * nu / de
+        Cn[i, 4] = c4
+        if nearly:
+            nu = max(a5, zero) + pnum[i, 5]
+            de = e5 + max(-a5, zero) + pden[i, 5]
+        else:
+            nu = a5 + pnum[i, 5]
+            de = e5 + pden[i, 5]
+        c5 = zd if de == 0 else c5 * nu / de
+        Cn[i, 5] = c5
+        if nearly:
+            nu = max(a6, zero) + pnum[i, 6]
+            de = e6 + max(-a6, zero) + pden[i, 6]
+        else:
+            nu = a6 + pnum[i, 6]
+            de = e6 + pden[i, 6]
+        c6 = zd if de == 0 else c6 * nu / de
+        Cn[i, 6] = c6
+        if nearly:
+            nu = max(a7, zero) + pnum[i, 7]
+            de = e7 + max(-a7, zero) + pden[i, 7]
+        else:
+            nu = a7 + pnum[i, 7]
+            de = e7 + pden[i, 7]
+        c7 = zd if de == 0 else c7 * nu / de
+        Cn[i, 7] = c7
+        if nearly:
+            nu = max(a8, zero) + pnum[i, 8]
+            de = e8 + max(-a8, zero) + pden[i, 8]
+        else:
+            nu = a8 + pnum[i, 8]
+            de = e8 + pden[i, 8]
+        c8 = zd if de == 0 else c8 * nu / de
+        Cn[i, 8] = c8
+        for j in range(j0, j1):
+            vx = vi[j] * xi[j]
+            Ab[0, j] += vx * c0
+            Ab[1, j] += vx * c1
+            Ab[2, j] += vx * c2
+            Ab[3, j] += vx * c3
+            Ab[4, j] += vx * c4
+            Ab[5, j] += vx * c5
+            Ab[6, j] += vx * c6
+            Ab[7, j] += vx * c7
+            Ab[8, j] += vx * c8
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + c6 * T[6, j] + c7 * T[7, j] + c8 * T[8, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
+            Db[2, j] += u * c2
+            Db[3, j] += u * c3
+            Db[4, j] += u * c4
+            Db[5, j] += u * c5
+            Db[6, j] += u * c6
+            Db[7, j] += u * c7
+            Db[8, j] += u * c8
+    for k in range(Ab.shape[0]):
+        for j in range(jlo, jhi):
+            A[k, j] = Ab[k, j]
+            D[k, j] = Db[k, j]
+    return chi
+
+
+def gram_q9(X, V, T, G, b, flags, lo, hi, touched):
+    n, d = V.shape
+    flat = V.reshape(-1)
+    for r0 in range(0, n, ROWS):
+        r1 = min(n, r0 + ROWS)
+        for i in range(r0, r1):
+            vi = V[i]
+            negative = 0
+            total = 0.0
+            first = d
+            last = 0
+            for j in range(d):
+                vj = vi[j]
+                total += vj
+                negative += vj < 0
+                seen = vj > 0
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
+            if negative or not total < np.inf:
+                flags[i] = 1
+                continue
+            if last > 0:
+                lo[i] = first
+                hi[i] = last
+        for i in range(r0, r1):
+            vi = V[i]
+            xi = X[i]
+            g0_0 = 0.0
+            g0_1 = 0.0
+            g0_2 = 0.0
+            g0_3 = 0.0
+            g0_4 = 0.0
+            g0_5 = 0.0
+            g0_6 = 0.0
+            g0_7 = 0.0
+            g0_8 = 0.0
+            g1_1 = 0.0
+            g1_2 = 0.0
+            g1_3 = 0.0
+            g1_4 = 0.0
+            g1_5 = 0.0
+            g1_6 = 0.0
+            g1_7 = 0.0
+            g1_8 = 0.0
+            g2_2 = 0.0
+            g2_3 = 0.0
+            g2_4 = 0.0
+            g2_5 = 0.0
+            g2_6 = 0.0
+            g2_7 = 0.0
+            g2_8 = 0.0
+            g3_3 = 0.0
+            g3_4 = 0.0
+            g3_5 = 0.0
+            g3_6 = 0.0
+            g3_7 = 0.0
+            g3_8 = 0.0
+            g4_4 = 0.0
+            g4_5 = 0.0
+            g4_6 = 0.0
+            g4_7 = 0.0
+            g4_8 = 0.0
+            g5_5 = 0.0
+            g5_6 = 0.0
+            g5_7 = 0.0
+            g5_8 = 0.0
+            g6_6 = 0.0
+            g6_7 = 0.0
+            g6_8 = 0.0
+            g7_7 = 0.0
+            g7_8 = 0.0
+            g8_8 = 0.0
+            b0 = 0.0
+            b1 = 0.0
+            b2 = 0.0
+            b3 = 0.0
+            b4 = 0.0
+            b5 = 0.0
+            b6 = 0.0
+            b7 = 0.0
+            b8 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
+            for j in range(lo[i], hi[i]):
+                vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
+                vx = vj * xi[j] if vj > 0 else 0.0
+                t0 = T[0, j]
+                u0 = vj * t0
+                b0 += vx * t0
+                t1 = T[1, j]
+                u1 = vj * t1
+                b1 += vx * t1
+                t2 = T[2, j]
+                u2 = vj * t2
+                b2 += vx * t2
+                t3 = T[3, j]
+                u3 = vj * t3
+                b3 += vx * t3
+                t4 = T[4, j]
+                u4 = vj * t4
+                b4 += vx * t4
+                t5 = T[5, j]
+                u5 = vj * t5
+                b5 += vx * t5
+                t6 = T[6, j]
+                u6 = vj * t6
+                b6 += vx * t6
+                t7 = T[7, j]
+                u7 = vj * t7
+                b7 += vx * t7
+                t8 = T[8, j]
+                u8 = vj * t8
+                b8 += vx * t8
+                g0_0 += u0 * t0
+                g0_1 += u0 * t1
+                g0_2 += u0 * t2
+                g0_3 += u0 * t3
+                g0_4 += u0 * t4
+                g0_5 += u0 * t5
+                g0_6 += u0 * t6
+                g0_7 += u0 * t7
+                g0_8 += u0 * t8
+                g1_1 += u1 * t1
+                g1_2 += u1 * t2
+                g1_3 += u1 * t3
+                g1_4 += u1 * t4
+                g1_5 += u1 * t5
+                g1_6 += u1 * t6
+                g1_7 += u1 * t7
+                g1_8 += u1 * t8
+                g2_2 += u2 * t2
+                g2_3 += u2 * t3
+                g2_4 += u2 * t4
+                g2_5 += u2 * t5
+                g2_6 += u2 * t6
+                g2_7 += u2 * t7
+                g2_8 += u2 * t8
+                g3_3 += u3 * t3
+                g3_4 += u3 * t4
+                g3_5 += u3 * t5
+                g3_6 += u3 * t6
+                g3_7 += u3 * t7
+                g3_8 += u3 * t8
+                g4_4 += u4 * t4
+                g4_5 += u4 * t5
+                g4_6 += u4 * t6
+                g4_7 += u4 * t7
+                g4_8 += u4 * t8
+                g5_5 += u5 * t5
+                g5_6 += u5 * t6
+                g5_7 += u5 * t7
+                g5_8 += u5 * t8
+                g6_6 += u6 * t6
+                g6_7 += u6 * t7
+                g6_8 += u6 * t8
+                g7_7 += u7 * t7
+                g7_8 += u7 * t8
+                g8_8 += u8 * t8
+            G[i, 0] = g0_0
+            G[i, 1] = g0_1
+            G[i, 2] = g0_2
+            G[i, 3] = g0_3
+            G[i, 4] = g0_4
+            G[i, 5] = g0_5
+            G[i, 6] = g0_6
+            G[i, 7] = g0_7
+            G[i, 8] = g0_8
+            G[i, 9] = g1_1
+            G[i, 10] = g1_2
+            G[i, 11] = g1_3
+            G[i, 12] = g1_4
+            G[i, 13] = g1_5
+            G[i, 14] = g1_6
+            G[i, 15] = g1_7
+            G[i, 16] = g1_8
+            G[i, 17] = g2_2
+            G[i, 18] = g2_3
+            G[i, 19] = g2_4
+            G[i, 20] = g2_5
+            G[i, 21] = g2_6
+            G[i, 22] = g2_7
+            G[i, 23] = g2_8
+            G[i, 24] = g3_3
+            G[i, 25] = g3_4
+            G[i, 26] = g3_5
+            G[i, 27] = g3_6
+            G[i, 28] = g3_7
+            G[i, 29] = g3_8
+            G[i, 30] = g4_4
+            G[i, 31] = g4_5
+            G[i, 32] = g4_6
+            G[i, 33] = g4_7
+            G[i, 34] = g4_8
+            G[i, 35] = g5_5
+            G[i, 36] = g5_6
+            G[i, 37] = g5_7
+            G[i, 38] = g5_8
+            G[i, 39] = g6_6
+            G[i, 40] = g6_7
+            G[i, 41] = g6_8
+            G[i, 42] = g7_7
+            G[i, 43] = g7_8
+            G[i, 44] = g8_8
+            b[i, 0] = b0
+            b[i, 1] = b1
+            b[i, 2] = b2
+            b[i, 3] = b3
+            b[i, 4] = b4
+            b[i, 5] = b5
+            b[i, 6] = b6
+            b[i, 7] = b7
+            b[i, 8] = b8
+            if not (b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 + b8 < np.inf and b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 + b8 > -np.inf):
+                flags[i] = 2
+            touched[i] = ahead_sum
+
+
+def mu_q10(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):
+    n = v.shape[0]
+    chi = 0.0
+    for k in range(Ab.shape[0]):
+        for j in range(jlo, jhi):
+            Ab[k, j] = zero
+            Db[k, j] = zero
+    for i in range(n):
+        j0 = lo[i]
+        j1 = hi[i]
+        vi = v[i]
+        xi = x[i]
+        c0 = C[i, 0]
+        a0 = zero
+        e0 = zero
+        c1 = C[i, 1]
+        a1 = zero
+        e1 = zero
+        c2 = C[i, 2]
+        a2 = zero
+        e2 = zero
+        c3 = C[i, 3]
+        a3 = zero
+        e3 = zero
+        c4 = C[i, 4]
+        a4 = zero
+        e4 = zero
+        c5 = C[i, 5]
+        a5 = zero
+        e5 = zero
+        c6 = C[i, 6]
+        a6 = zero
+        e6 = zero
+        c7 = C[i, 7]
+        a7 = zero
+        e7 = zero
+        c8 = C[i, 8]
+        a8 = zero
+        e8 = zero
+        c9 = C[i, 9]
+        a9 = zero
+        e9 = zero
+        s = 0.0
+        for j in range(j0, j1):
+            t0 = T[0, j]
+            t1 = T[1, j]
+            t2 = T[2, j]
+            t3 = T[3, j]
+            t4 = T[4, j]
+            t5 = T[5, j]
+            t6 = T[6, j]
+            t7 = T[7, j]
+            t8 = T[8, j]
+            t9 = T[9, j]
+            m = c0 * t0 + c1 * t1 + c2 * t2 + c3 * t3 + c4 * t4 + c5 * t5 + c6 * t6 + c7 * t7 + c8 * t8 + c9 * t9
+            vj = vi[j]
+            xj = xi[j]
+            r = xj - y - m
+            s += vj * r * r
+            vx = vj * xj
+            u = vj * (m + y)
+            a0 += vx * t0
+            e0 += u * t0
+            a1 += vx * t1
+            e1 += u * t1
+            a2 += vx * t2
+            e2 += u * t2
+            a3 += vx * t3
+            e3 += u * t3
+            a4 += vx * t4
+            e4 += u * t4
+            a5 += vx * t5
+            e5 += u * t5
+            a6 += vx * t6
+            e6 += u * t6
+            a7 += vx * t7
+            e7 += u * t7
+            a8 += vx * t8
+            e8 += u * t8
+            a9 += vx * t9
+            e9 += u * t9
+        chi += s
+        if nearly:
+            nu = max(a0, zero) + pnum[i, 0]
+            de = e0 + max(-a0, zero) + pden[i, 0]
+        else:
+            nu = a0 + pnum[i, 0]
+            de = e0 + pden[i, 0]
+        c0 = zd if de == 0 else c0 * nu / de
+        Cn[i, 0] = c0
+        if nearly:
+            nu = max(a1, zero) + pnum[i, 1]
+            de = e1 + max(-a1, zero) + pden[i, 1]
+        else:
+            nu = a1 + pnum[i, 1]
+            de = e1 + pden[i, 1]
+        c1 = zd if de == 0 else c1 * nu / de
+        Cn[i, 1] = c1
+        if nearly:
+            nu = max(a2, zero) + pnum[i, 2]
+            de = e2 + max(-a2, zero) + pden[i, 2]
+        else:
+            nu = a2 + pnum[i, 2]
+            de = e2 + pden[i, 2]
+        c2 = zd if de == 0 else c2 * nu / de
+        Cn[i, 2] = c2
+        if nearly:
+            nu = max(a3, zero) + pnum[i, 3]
+            de = e3 + max(-a3, zero) + pden[i, 3]
+        else:
+            nu = a3 + pnum[i, 3]
+            de = e3 + pden[i, 3]
+        c3 = zd if de == 0 else c3 * nu / de
+        Cn[i, 3] = c3
+        if nearly:
+            nu = max(a4, zero) + pnum[i, 4]
+            de = e4 + max(-a4, zero) + pden[i, 4]
+        else:
+            nu = a4 + pnum[i, 4]
+            de = e4 + pden[i, 4]
+        c4 = zd if de == 0 else c4 * nu / de
+        Cn[i, 4] = c4
+        if nearly:
+            nu = max(a5, zero) + pnum[i, 5]
+            de = e5 + max(-a5, zero) + pden[i, 5]
+        else:
+            nu = a5 + pnum[i, 5]
+            de = e5 + pden[i, 5]
+        c5 = zd if de == 0 else c5 * nu / de
+        Cn[i, 5] = c5
+        if nearly:
+            nu = max(a6, zero) + pnum[i, 6]
+            de = e6 + max(-a6, zero) + pden[i, 6]
+        else:
+            nu = a6 + pnum[i, 6]
+            de = e6 + pden[i, 6]
+        c6 = zd if de == 0 else c6 * nu / de
+        Cn[i, 6] = c6
+        if nearly:
+            nu = max(a7, zero) + pnum[i, 7]
+            de = e7 + max(-a7, zero) + pden[i, 7]
+        else:
+            nu = a7 + pnum[i, 7]
+            de = e7 + pden[i, 7]
+        c7 = zd if de == 0 else c7 * nu / de
+        Cn[i, 7] = c7
+        if nearly:
+            nu = max(a8, zero) + pnum[i, 8]
+            de = e8 + max(-a8, zero) + pden[i, 8]
+        else:
+            nu = a8 + pnum[i, 8]
+            de = e8 + pden[i, 8]
+        c8 = zd if de == 0 else c8 * nu / de
+        Cn[i, 8] = c8
+        if nearly:
+            nu = max(a9, zero) + pnum[i, 9]
+            de = e9 + max(-a9, zero) + pden[i, 9]
+        else:
+            nu = a9 + pnum[i, 9]
+            de = e9 + pden[i, 9]
+        c9 = zd if de == 0 else c9 * nu / de
+        Cn[i, 9] = c9
+        for j in range(j0, j1):
+            vx = vi[j] * xi[j]
+            Ab[0, j] += vx * c0
+            Ab[1, j] += vx * c1
+            Ab[2, j] += vx * c2
+            Ab[3, j] += vx * c3
+            Ab[4, j] += vx * c4
+            Ab[5, j] += vx * c5
+            Ab[6, j] += vx * c6
+            Ab[7, j] += vx * c7
+            Ab[8, j] += vx * c8
+            Ab[9, j] += vx * c9
+        for j in range(j0, j1):
+            u = vi[j] * (c0 * T[0, j] + c1 * T[1, j] + c2 * T[2, j] + c3 * T[3, j] + c4 * T[4, j] + c5 * T[5, j] + c6 * T[6, j] + c7 * T[7, j] + c8 * T[8, j] + c9 * T[9, j] + y)
+            Db[0, j] += u * c0
+            Db[1, j] += u * c1
+            Db[2, j] += u * c2
+            Db[3, j] += u * c3
+            Db[4, j] += u * c4
+            Db[5, j] += u * c5
+            Db[6, j] += u * c6
+            Db[7, j] += u * c7
+            Db[8, j] += u * c8
+            Db[9, j] += u * c9
+    for k in range(Ab.shape[0]):
+        for j in range(jlo, jhi):
+            A[k, j] = Ab[k, j]
+            D[k, j] = Db[k, j]
+    return chi
+
+
+def gram_q10(X, V, T, G, b, flags, lo, hi, touched):
+    n, d = V.shape
+    flat = V.reshape(-1)
+    for r0 in range(0, n, ROWS):
+        r1 = min(n, r0 + ROWS)
+        for i in range(r0, r1):
+            vi = V[i]
+            negative = 0
+            total = 0.0
+            first = d
+            last = 0
+            for j in range(d):
+                vj = vi[j]
+                total += vj
+                negative += vj < 0
+                seen = vj > 0
+                first = min(first, j if seen else d)
+                last = max(last, j + 1 if seen else 0)
+            if negative or not total < np.inf:
+                flags[i] = 1
+                continue
+            if last > 0:
+                lo[i] = first
+                hi[i] = last
+        for i in range(r0, r1):
+            vi = V[i]
+            xi = X[i]
+            g0_0 = 0.0
+            g0_1 = 0.0
+            g0_2 = 0.0
+            g0_3 = 0.0
+            g0_4 = 0.0
+            g0_5 = 0.0
+            g0_6 = 0.0
+            g0_7 = 0.0
+            g0_8 = 0.0
+            g0_9 = 0.0
+            g1_1 = 0.0
+            g1_2 = 0.0
+            g1_3 = 0.0
+            g1_4 = 0.0
+            g1_5 = 0.0
+            g1_6 = 0.0
+            g1_7 = 0.0
+            g1_8 = 0.0
+            g1_9 = 0.0
+            g2_2 = 0.0
+            g2_3 = 0.0
+            g2_4 = 0.0
+            g2_5 = 0.0
+            g2_6 = 0.0
+            g2_7 = 0.0
+            g2_8 = 0.0
+            g2_9 = 0.0
+            g3_3 = 0.0
+            g3_4 = 0.0
+            g3_5 = 0.0
+            g3_6 = 0.0
+            g3_7 = 0.0
+            g3_8 = 0.0
+            g3_9 = 0.0
+            g4_4 = 0.0
+            g4_5 = 0.0
+            g4_6 = 0.0
+            g4_7 = 0.0
+            g4_8 = 0.0
+            g4_9 = 0.0
+            g5_5 = 0.0
+            g5_6 = 0.0
+            g5_7 = 0.0
+            g5_8 = 0.0
+            g5_9 = 0.0
+            g6_6 = 0.0
+            g6_7 = 0.0
+            g6_8 = 0.0
+            g6_9 = 0.0
+            g7_7 = 0.0
+            g7_8 = 0.0
+            g7_9 = 0.0
+            g8_8 = 0.0
+            g8_9 = 0.0
+            g9_9 = 0.0
+            b0 = 0.0
+            b1 = 0.0
+            b2 = 0.0
+            b3 = 0.0
+            b4 = 0.0
+            b5 = 0.0
+            b6 = 0.0
+            b7 = 0.0
+            b8 = 0.0
+            b9 = 0.0
+            span = np.int64(hi[i]) - np.int64(lo[i])
+            stride = min(span, (n * d - span) // 2)
+            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])
+            ahead0 = flat[max(0, ahead):]
+            ahead1 = flat[max(0, ahead + stride):]
+            ahead2 = flat[max(0, ahead + 2 * stride):]
+            ahead_sum = 0.0
+            for j in range(lo[i], hi[i]):
+                vj = np.float64(vi[j])
+                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])
+                vx = vj * xi[j] if vj > 0 else 0.0
+                t0 = T[0, j]
+                u0 = vj * t0
+                b0 += vx * t0
+                t1 = T[1, j]
+                u1 = vj * t1
+                b1 += vx * t1
+                t2 = T[2, j]
+                u2 = vj * t2
+                b2 += vx * t2
+                t3 = T[3, j]
+                u3 = vj * t3
+                b3 += vx * t3
+                t4 = T[4, j]
+                u4 = vj * t4
+                b4 += vx * t4
+                t5 = T[5, j]
+                u5 = vj * t5
+                b5 += vx * t5
+                t6 = T[6, j]
+                u6 = vj * t6
+                b6 += vx * t6
+                t7 = T[7, j]
+                u7 = vj * t7
+                b7 += vx * t7
+                t8 = T[8, j]
+                u8 = vj * t8
+                b8 += vx * t8
+                t9 = T[9, j]
+                u9 = vj * t9
+                b9 += vx * t9
+                g0_0 += u0 * t0
+                g0_1 += u0 * t1
+                g0_2 += u0 * t2
+                g0_3 += u0 * t3
+                g0_4 += u0 * t4
+                g0_5 += u0 * t5
+                g0_6 += u0 * t6
+                g0_7 += u0 * t7
+                g0_8 += u0 * t8
+                g0_9 += u0 * t9
+                g1_1 += u1 * t1
+                g1_2 += u1 * t2
+                g1_3 += u1 * t3
+                g1_4 += u1 * t4
+                g1_5 += u1 * t5
+                g1_6 += u1 * t6
+                g1_7 += u1 * t7
+                g1_8 += u1 * t8
+                g1_9 += u1 * t9
+                g2_2 += u2 * t2
+                g2_3 += u2 * t3
+                g2_4 += u2 * t4
+                g2_5 += u2 * t5
+                g2_6 += u2 * t6
+                g2_7 += u2 * t7
+                g2_8 += u2 * t8
+                g2_9 += u2 * t9
+                g3_3 += u3 * t3
+                g3_4 += u3 * t4
+                g3_5 += u3 * t5
+                g3_6 += u3 * t6
+                g3_7 += u3 * t7
+                g3_8 += u3 * t8
+                g3_9 += u3 * t9
+                g4_4 += u4 * t4
+                g4_5 += u4 * t5
+                g4_6 += u4 * t6
+                g4_7 += u4 * t7
+                g4_8 += u4 * t8
+                g4_9 += u4 * t9
+                g5_5 += u5 * t5
+                g5_6 += u5 * t6
+                g5_7 += u5 * t7
+                g5_8 += u5 * t8
+                g5_9 += u5 * t9
+                g6_6 += u6 * t6
+                g6_7 += u6 * t7
+                g6_8 += u6 * t8
+                g6_9 += u6 * t9
+                g7_7 += u7 * t7
+                g7_8 += u7 * t8
+                g7_9 += u7 * t9
+                g8_8 += u8 * t8
+                g8_9 += u8 * t9
+                g9_9 += u9 * t9
+            G[i, 0] = g0_0
+            G[i, 1] = g0_1
+            G[i, 2] = g0_2
+            G[i, 3] = g0_3
+            G[i, 4] = g0_4
+            G[i, 5] = g0_5
+            G[i, 6] = g0_6
+            G[i, 7] = g0_7
+            G[i, 8] = g0_8
+            G[i, 9] = g0_9
+            G[i, 10] = g1_1
+            G[i, 11] = g1_2
+            G[i, 12] = g1_3
+            G[i, 13] = g1_4
+            G[i, 14] = g1_5
+            G[i, 15] = g1_6
+            G[i, 16] = g1_7
+            G[i, 17] = g1_8
+            G[i, 18] = g1_9
+            G[i, 19] = g2_2
+            G[i, 20] = g2_3
+            G[i, 21] = g2_4
+            G[i, 22] = g2_5
+            G[i, 23] = g2_6
+            G[i, 24] = g2_7
+            G[i, 25] = g2_8
+            G[i, 26] = g2_9
+            G[i, 27] = g3_3
+            G[i, 28] = g3_4
+            G[i, 29] = g3_5
+            G[i, 30] = g3_6
+            G[i, 31] = g3_7
+            G[i, 32] = g3_8
+            G[i, 33] = g3_9
+            G[i, 34] = g4_4
+            G[i, 35] = g4_5
+            G[i, 36] = g4_6
+            G[i, 37] = g4_7
+            G[i, 38] = g4_8
+            G[i, 39] = g4_9
+            G[i, 40] = g5_5
+            G[i, 41] = g5_6
+            G[i, 42] = g5_7
+            G[i, 43] = g5_8
+            G[i, 44] = g5_9
+            G[i, 45] = g6_6
+            G[i, 46] = g6_7
+            G[i, 47] = g6_8
+            G[i, 48] = g6_9
+            G[i, 49] = g7_7
+            G[i, 50] = g7_8
+            G[i, 51] = g7_9
+            G[i, 52] = g8_8
+            G[i, 53] = g8_9
+            G[i, 54] = g9_9
+            b[i, 0] = b0
+            b[i, 1] = b1
+            b[i, 2] = b2
+            b[i, 3] = b3
+            b[i, 4] = b4
+            b[i, 5] = b5
+            b[i, 6] = b6
+            b[i, 7] = b7
+            b[i, 8] = b8
+            b[i, 9] = b9
+            if not (b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 + b8 + b9 < np.inf and b0 + b1 + b2 + b3 + b4 + b5 + b6 + b7 + b8 + b9 > -np.inf):
+                flags[i] = 2
+            touched[i] = ahead_sum

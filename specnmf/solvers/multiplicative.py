@@ -96,7 +96,7 @@ class _Multiplicative:
     form (:mod:`specnmf._kernels`, numba) computes the dense form's
     quantities in one sweep over each spectrum's observed pixels, and is
     what ``form="auto"`` picks on the CPU when numba is installed and
-    ``q <= 8`` (measured: 2.5-3x faster than the Gram form).
+    ``q <= _kernels.MAX_Q`` (10; measured: 2.5-3x faster than the Gram form).
 
     ``n_components`` lets ``form="auto"`` decide before the first pass (the
     engine asks ``crops_blocks`` then); without it the fused form is used

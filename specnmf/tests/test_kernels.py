@@ -51,7 +51,7 @@ def _iteration(solver, X, ivar, C, T):
 
 
 @pytest.mark.parametrize("name", ["nearly", "shift", "clip"])
-@pytest.mark.parametrize("n,q", [(1, 1), (7, 3), (600, 5), (40, 8)])
+@pytest.mark.parametrize("n,q", [(1, 1), (7, 3), (600, 5), (40, 8), (30, _kernels.MAX_Q)])
 @pytest.mark.parametrize("penalised", [False, True])
 def test_fused_iteration_equals_blas_forms(name, n, q, penalised):
     X, ivar, C, T = _problem(n, 60, q, seed=n + q)
@@ -82,12 +82,13 @@ def test_spans():
     assert lo.tolist() == [1, 0, 0] and hi.tolist() == [4, 0, 5]
 
 
-def test_gram_kernel_matches_numpy_and_checks_the_data():
-    X, ivar, _, T = _problem(300, 50, 5, seed=1)
+@pytest.mark.parametrize("q", [5, _kernels.MAX_Q])
+def test_gram_kernel_matches_numpy_and_checks_the_data(q):
+    X, ivar, _, T = _problem(300, 50, q, seed=1)
     X[ivar == 0] = np.nan                       # allowed where ivar == 0
     G, b, ok = _kernels.spectrum_grams(X, ivar, T)
     assert ok
-    ku, lu = np.triu_indices(5)
+    ku, lu = np.triu_indices(q)
     np.testing.assert_allclose(G, ivar @ (T[ku] * T[lu]).T, rtol=1e-13)
     np.testing.assert_allclose(b, (ivar * np.nan_to_num(X)) @ T.T, rtol=1e-12, atol=1e-12)
     i, j = np.argwhere(ivar > 0)[7]
@@ -169,7 +170,7 @@ def test_kernel_nnls_hands_off_hard_problems():
     assert ok and np.any(status != _kernels.SOLVED)
 
 
-@pytest.mark.parametrize("q", [1, 3, 5, 8])
+@pytest.mark.parametrize("q", [1, 3, 5, 8, _kernels.MAX_Q])
 def test_batched_free_solves_equal_the_active_set_loop(q):
     """The vectorised all-free pass accepts only what the one-problem-at-a-time
     loop would accept at its first step, bit for bit; the rest go to the loop."""
