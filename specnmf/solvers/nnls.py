@@ -545,7 +545,7 @@ def _grams(X, ivar, T, pairs):
     return _grams_t(X, ivar, pairs)
 
 
-def _kernel_nnls(X, ivar, T, max_iter):
+def _kernel_nnls(X, ivar, T, max_iter, grams=False):
     """Grams and NNLS of a block by the compiled kernel, which also checks the data.
 
     The kernel solves the well-conditioned problems (Lawson & Hanson on the
@@ -553,7 +553,8 @@ def _kernel_nnls(X, ivar, T, max_iter):
     ``_REFINE_BELOW`` or failing the test are solved by :func:`_nnls_chunk`
     with its refinement.  Returns x (q, m) in the scaled-template variables,
     NaN columns for the fragile problems the caller re-solves from the data,
-    and the Grams (q, q, m); or None if the data fail the kernel's checks.
+    and, with ``grams``, the Grams (q, q, m) (else None); or None if the data
+    fail the kernel's checks.
     """
     q = T.shape[0]
     G, b, ok, x, status = _kernels.spectrum_grams(
@@ -561,12 +562,13 @@ def _kernel_nnls(X, ivar, T, max_iter):
         kkt=(_KKT_RTOL, _FREE_GRAD_FACTOR))
     if not ok:
         return None
-    Gt = _gram_unpack(G.T, q, np, axis=0)
+    Gt = _gram_unpack(G.T, q, np, axis=0) if grams else None
     x = np.ascontiguousarray(x.T)
     x[:, status == _kernels.FRAGILE] = np.nan
     hard = np.flatnonzero(status == _kernels.HARD)
     if hard.size:
-        xh, pivot = _nnls_chunk(np.take(Gt, hard, axis=2), np.ascontiguousarray(b[hard].T),
+        Gh = _gram_unpack(np.take(G, hard, axis=0).T, q, np, axis=0)
+        xh, pivot = _nnls_chunk(Gh, np.ascontiguousarray(b[hard].T),
                                 None, max_iter, symmetrize=False)
         xh[:, pivot < _FRAGILE_PIVOT] = np.nan
         x[:, hard] = xh
@@ -722,7 +724,8 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     cov = np.empty((n, q, q)) if return_covariance else None
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        solved = _kernel_nnls(X[sl], ivar[sl], T, max_iter) if compiled else None
+        solved = (_kernel_nnls(X[sl], ivar[sl], T, max_iter, grams=return_covariance)
+                  if compiled else None)
         if solved is None and not checked:
             raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
                                       "weights, or non-finite flux where ivar > 0)")
