@@ -257,6 +257,8 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
 
 #: rows of weights checked, then summed while still in L2, by the Gram kernel (8: measured)
 GRAM_ROWS = 8
+#: pixels per run of the Gram kernel's sweep over the weights
+SCAN_BLOCK = 128
 
 
 def generated_source():
@@ -289,25 +291,41 @@ def _gram_source(q):
     w("    flat = V.reshape(-1)")
     w("    for r0 in range(0, n, ROWS):")
     w("        r1 = min(n, r0 + ROWS)")
-    # a sweep over each whole weight row: sign, finiteness and observed span
+    # a sweep over each whole weight row: sign, finiteness and observed span.
+    # The span is tracked per run of SCAN_BLOCK pixels (a nonzero sum: some
+    # weight > 0, the sign being checked anyway), then narrowed to the exact
+    # first and last pixel: half the work of tracking it pixel by pixel
     w("        for i in range(r0, r1):")
     w("            vi = V[i]")
     w("            negative = 0")
     w("            total = 0.0")
     w("            first = d")
     w("            last = 0")
-    w("            for j in range(d):")
+    w(f"            for c in range(0, d - d % {SCAN_BLOCK}, {SCAN_BLOCK}):")
+    w("                s = 0.0")
+    w(f"                for t in range({SCAN_BLOCK}):")
+    w("                    vj = vi[c + t]")
+    w("                    s += vj")
+    w("                    negative += vj < 0")
+    w("                total += s")
+    w("                if s != 0.0:")
+    w("                    first = min(first, c)")
+    w(f"                    last = c + {SCAN_BLOCK}")
+    w(f"            for j in range(d - d % {SCAN_BLOCK}, d):")
     w("                vj = vi[j]")
     w("                total += vj")
-    # integer min/max of selects vectorise (min() of floats has NaN branches)
     w("                negative += vj < 0")
-    w("                seen = vj > 0")
-    w("                first = min(first, j if seen else d)")
-    w("                last = max(last, j + 1 if seen else 0)")
+    w("                if vj != 0.0:")
+    w("                    first = min(first, j)")
+    w("                    last = j + 1")
     w("            if negative or not total < np.inf:")
     w("                flags[i] = 1")
     w("                continue")
     w("            if last > 0:")
+    w("                while vi[first] == 0:")
+    w("                    first += 1")
+    w("                while vi[last - 1] == 0:")
+    w("                    last -= 1")
     w("                lo[i] = first")
     w("                hi[i] = last")
     # then the sums over the spans of those rows, still in cache; the bounds

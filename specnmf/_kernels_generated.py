@@ -69,17 +69,31 @@ def gram_q1(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -185,17 +199,31 @@ def gram_q2(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -328,17 +356,31 @@ def gram_q3(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -501,17 +543,31 @@ def gram_q4(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -707,17 +763,31 @@ def gram_q5(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -949,17 +1019,31 @@ def gram_q6(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -1230,17 +1314,31 @@ def gram_q7(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -1553,17 +1651,31 @@ def gram_q8(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -1921,17 +2033,31 @@ def gram_q9(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):
@@ -2337,17 +2463,31 @@ def gram_q10(X, V, T, G, b, flags, lo, hi, touched):
             total = 0.0
             first = d
             last = 0
-            for j in range(d):
+            for c in range(0, d - d % 128, 128):
+                s = 0.0
+                for t in range(128):
+                    vj = vi[c + t]
+                    s += vj
+                    negative += vj < 0
+                total += s
+                if s != 0.0:
+                    first = min(first, c)
+                    last = c + 128
+            for j in range(d - d % 128, d):
                 vj = vi[j]
                 total += vj
                 negative += vj < 0
-                seen = vj > 0
-                first = min(first, j if seen else d)
-                last = max(last, j + 1 if seen else 0)
+                if vj != 0.0:
+                    first = min(first, j)
+                    last = j + 1
             if negative or not total < np.inf:
                 flags[i] = 1
                 continue
             if last > 0:
+                while vi[first] == 0:
+                    first += 1
+                while vi[last - 1] == 0:
+                    last -= 1
                 lo[i] = first
                 hi[i] = last
         for i in range(r0, r1):

@@ -5,6 +5,8 @@ the CPU when numba is installed; these tests hold them to the BLAS forms of
 the same update rules, whatever the masks, chunking or thread count.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -82,17 +84,28 @@ def test_spans():
     assert lo.tolist() == [1, 0, 0] and hi.tolist() == [4, 0, 5]
 
 
-@pytest.mark.parametrize("q", [5, _kernels.MAX_Q])
-def test_gram_kernel_matches_numpy_and_checks_the_data(q):
-    X, ivar, _, T = _problem(300, 50, q, seed=1)
+@pytest.mark.parametrize("q,d", [(5, 50), (_kernels.MAX_Q, 50), (3, 2 * _kernels.SCAN_BLOCK + 44)])
+def test_gram_kernel_matches_numpy_and_checks_the_data(q, d):
+    X, ivar, _, T = _problem(300, d, q, seed=1)
+    # single observed pixels on both sides of the sweep's run boundaries
+    B = _kernels.SCAN_BLOCK
+    for row, j in enumerate(sorted({0, 1, B - 1, B, 2 * B - 1, 2 * B, d - 2, d - 1} & set(range(d)))):
+        ivar[row] = 0
+        ivar[row, j] = 1.5
+    ivar[20, :] = -0.0                          # negative zeros are zeros
+    ivar[20, d // 2] = 1.0
     X[ivar == 0] = np.nan                       # allowed where ivar == 0
     G, b, ok = _kernels.spectrum_grams(X, ivar, T)
     assert ok
     ku, lu = np.triu_indices(q)
     np.testing.assert_allclose(G, ivar @ (T[ku] * T[lu]).T, rtol=1e-13)
     np.testing.assert_allclose(b, (ivar * np.nan_to_num(X)) @ T.T, rtol=1e-12, atol=1e-12)
-    i, j = np.argwhere(ivar > 0)[7]
-    for array, value in ((ivar, -1.0), (ivar, np.nan), (ivar, np.inf), (X, np.inf), (X, np.nan)):
+    observed = np.argwhere(ivar > 0)
+    for (i, j), array, value in itertools.product(
+            (observed[7], observed[np.argmax(observed[:, 1])]),   # inside a run; the last pixel
+            (ivar, X), (-1.0, np.nan, np.inf)):
+        if array is X and value == -1.0:
+            continue                            # negative flux is fine
         bad = array.copy()
         bad[i, j] = value
         args = (X, bad) if array is ivar else (bad, ivar)
