@@ -24,7 +24,7 @@ def mu_q1(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c0 = C[i, 0]
         a0 = zero
         e0 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             m = c0 * t0
@@ -141,7 +141,7 @@ def mu_q2(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c1 = C[i, 1]
         a1 = zero
         e1 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -285,7 +285,7 @@ def mu_q3(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c2 = C[i, 2]
         a2 = zero
         e2 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -459,7 +459,7 @@ def mu_q4(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c3 = C[i, 3]
         a3 = zero
         e3 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -666,7 +666,7 @@ def mu_q5(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c4 = C[i, 4]
         a4 = zero
         e4 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -909,7 +909,7 @@ def mu_q6(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c5 = C[i, 5]
         a5 = zero
         e5 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -1191,7 +1191,7 @@ def mu_q7(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c6 = C[i, 6]
         a6 = zero
         e6 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -1515,7 +1515,7 @@ def mu_q8(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c7 = C[i, 7]
         a7 = zero
         e7 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -1884,7 +1884,7 @@ def mu_q9(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab,
         c8 = C[i, 8]
         a8 = zero
         e8 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
@@ -2301,7 +2301,7 @@ def mu_q10(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab
         c9 = C[i, 9]
         a9 = zero
         e9 = zero
-        s = 0.0
+        s = zero
         for j in range(j0, j1):
             t0 = T[0, j]
             t1 = T[1, j]
