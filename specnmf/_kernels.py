@@ -533,6 +533,11 @@ def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
     L = np.empty((q, q, _TILE))
     z = np.empty((q, _TILE))
     ok = np.empty(_TILE, dtype=np.bool_)
+    acc = np.empty(_TILE)
+    bmax = np.empty(_TILE)
+    xmax = np.empty(_TILE)
+    tol = np.empty(_TILE)
+    g = np.empty(_TILE)
     packed = np.empty((q, q), dtype=np.int64)
     p = 0
     for k in range(q):
@@ -554,55 +559,70 @@ def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
                 ok[r] = ok[r] and dk > 0.0
                 s[k, r] = 1.0 / np.sqrt(dk) if dk > 0.0 else 0.0
                 bs[k, r] = b[t0 + r, k] * s[k, r]
-        for a in range(q):         # Cholesky of the unit-diagonal S G S
+        # Cholesky of the unit-diagonal S G S, then the two triangular solves;
+        # every loop over problems innermost, so that it is the one vectorised
+        for a in range(q):
             for c in range(a + 1):
                 pac = packed[a, c]
+                for r in range(m):
+                    acc[r] = 1.0 if a == c else Gt[pac, r] * s[a, r] * s[c, r]
+                for e in range(c):
+                    for r in range(m):
+                        acc[r] -= L[a, e, r] * L[c, e, r]
                 if a == c:
                     for r in range(m):
-                        v = 1.0
-                        for e in range(c):
-                            v -= L[a, e, r] * L[c, e, r]
-                        ok[r] = ok[r] and v >= hard_pivot
-                        L[a, a, r] = np.sqrt(v) if v > 0.0 else 1.0
+                        ok[r] = ok[r] and acc[r] >= hard_pivot
+                        L[a, a, r] = np.sqrt(acc[r]) if acc[r] > 0.0 else 1.0
                 else:
                     for r in range(m):
-                        v = Gt[pac, r] * s[a, r] * s[c, r]
-                        for e in range(c):
-                            v -= L[a, e, r] * L[c, e, r]
-                        L[a, c, r] = v / L[c, c, r]
+                        L[a, c, r] = acc[r] / L[c, c, r]
         for a in range(q):
             for r in range(m):
-                v = bs[a, r]
-                for e in range(a):
-                    v -= L[a, e, r] * z[e, r]
-                z[a, r] = v / L[a, a, r]
+                acc[r] = bs[a, r]
+            for e in range(a):
+                for r in range(m):
+                    acc[r] -= L[a, e, r] * z[e, r]
+            for r in range(m):
+                z[a, r] = acc[r] / L[a, a, r]
         for a in range(q - 1, -1, -1):
             for r in range(m):
-                v = z[a, r]
-                for e in range(a + 1, q):
-                    v -= L[e, a, r] * z[e, r]
-                z[a, r] = v / L[a, a, r]
+                acc[r] = z[a, r]
+            for e in range(a + 1, q):
+                for r in range(m):
+                    acc[r] -= L[e, a, r] * z[e, r]
+            for r in range(m):
+                z[a, r] = acc[r] / L[a, a, r]
+        # positivity and the KKT test of _kkt_ok, also across problems
+        for r in range(m):
+            bmax[r] = 0.0
+            xmax[r] = 0.0
+        for k in range(q):
+            for r in range(m):
+                ok[r] = ok[r] and z[k, r] > 0.0
+                ab = abs(bs[k, r])
+                az = abs(z[k, r])
+                bmax[r] = ab if ab > bmax[r] else bmax[r]
+                xmax[r] = az if az > xmax[r] else xmax[r]
+        for r in range(m):
+            tol[r] = free_factor * (rtol * (bmax[r] + q * xmax[r]))
+        for k in range(q):
+            for r in range(m):
+                g[r] = -bs[k, r]
+            for e in range(q):
+                if e == k:
+                    for r in range(m):
+                        g[r] += z[e, r]
+                else:
+                    pke = packed[k, e]
+                    for r in range(m):
+                        g[r] += Gt[pke, r] * s[k, r] * s[e, r] * z[e, r]
+            for r in range(m):
+                ok[r] = ok[r] and not abs(g[r]) > tol[r]
         for r in range(m):
             i = t0 + r
             if status[i] != SOLVED:
                 continue
-            good = ok[r]
-            bmax = 0.0
-            xmax = 0.0
-            for k in range(q):
-                good = good and z[k, r] > 0.0
-                bmax = max(bmax, abs(bs[k, r]))
-                xmax = max(xmax, abs(z[k, r]))
-            if good:
-                tol = rtol * (bmax + q * xmax)
-                for k in range(q):
-                    g = -bs[k, r]
-                    for e in range(q):
-                        g += (z[e, r] if k == e
-                              else Gt[packed[k, e], r] * s[k, r] * s[e, r] * z[e, r])
-                    if abs(g) > free_factor * tol:
-                        good = False
-            if good:
+            if ok[r]:
                 for k in range(q):
                     x[i, k] = z[k, r] * s[k, r]
             else:
