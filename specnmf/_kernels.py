@@ -513,6 +513,19 @@ def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
 
 
 @_jit
+def _packed_index(q):
+    """``packed[k, e]``: the column of pair (k, e) in the packed Grams (``numpy.triu_indices`` order)."""
+    packed = np.empty((q, q), dtype=np.int64)
+    p = 0
+    for k in range(q):
+        for e in range(k, q):
+            packed[k, e] = p
+            packed[e, k] = p
+            p += 1
+    return packed
+
+
+@_jit
 def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
     """The common case of :func:`_nnls_rows`, many problems at a time.
 
@@ -538,13 +551,7 @@ def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
     xmax = np.empty(_TILE)
     tol = np.empty(_TILE)
     g = np.empty(_TILE)
-    packed = np.empty((q, q), dtype=np.int64)
-    p = 0
-    for k in range(q):
-        for e in range(k, q):
-            packed[k, e] = p
-            packed[e, k] = p
-            p += 1
+    packed = _packed_index(q)
     for t0 in range(0, n, _TILE):
         m = min(_TILE, n - t0)
         for r in range(m):
@@ -650,13 +657,7 @@ def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
     live = np.zeros(q, dtype=np.bool_)
     free = np.zeros(q, dtype=np.bool_)
     index = np.zeros(q, dtype=np.int64)
-    packed = np.zeros((q, q), dtype=np.int64)
-    p = 0
-    for k in range(q):
-        for e in range(k, q):
-            packed[k, e] = p
-            packed[e, k] = p
-            p += 1
+    packed = _packed_index(q)
     _free_rows(G, b, x, status, hard_pivot, rtol, free_factor)
     for i in range(n):
         if status[i] != _RETRY:
