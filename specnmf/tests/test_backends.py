@@ -11,10 +11,13 @@ import pytest
 from specnmf import SpectralNMF
 from specnmf.solvers import SOLVERS
 
-from .conftest import make_toy
+from .conftest import assert_float32_tracks_float64, make_toy, start_sensitivity
 
 ALL_SOLVERS = ["nearly", "shift", "clip", "anls", "apg"]
-RTOL = {"float64": 1e-10, "float32": 1e-4}
+RTOL_FLOAT64 = 1e-10
+#: solvers whose iteration takes discrete decisions (APG's restart test): a float32 near-tie
+#: may take the other branch, so their float32 runs are compared by objective only
+DISCRETE = {"apg"}
 
 HAS_BACKEND = "backend" in SpectralNMF(1).get_params()
 needs_backend_param = pytest.mark.skipif(not HAS_BACKEND, reason="SpectralNMF has no backend yet")
@@ -46,16 +49,29 @@ def _record_namespaces(monkeypatch, solver):
     return seen
 
 
-def _compare(got, ref, dtype):
-    rtol = RTOL[dtype]
-    assert got.n_iter_ == ref.n_iter_
+def _compare(got, ref, dtype, spread=None, solver=None):
+    """float64: tightly, entry by entry.  float32: against the float64 fit ``ref`` of
+    the same start (see conftest.assert_float32_tracks_float64)."""
     assert isinstance(got.templates_, np.ndarray) and got.templates_.dtype == np.dtype(dtype)
     assert isinstance(got.coefficients_, np.ndarray)
+    if dtype == "float32":
+        assert_float32_tracks_float64(got, ref, spread, continuous=solver not in DISCRETE)
+        return
+    rtol = RTOL_FLOAT64
+    assert got.n_iter_ == ref.n_iter_
     np.testing.assert_allclose(got.chi2_, ref.chi2_, rtol=rtol)
     scale = float(np.max(ref.templates_))
     np.testing.assert_allclose(got.templates_, ref.templates_, rtol=rtol, atol=rtol * scale)
     cscale = float(np.max(ref.coefficients_))
     np.testing.assert_allclose(got.coefficients_, ref.coefficients_, rtol=rtol, atol=rtol * cscale)
+
+
+def _reference(solver, X, ivar, C0, T0, dtype, **params):
+    """The numpy float64 fit to compare with, and for float32 the spread of the float64
+    templates under a float32-sized perturbation of the start."""
+    if dtype == "float64":
+        return _fit(solver, X, ivar, C0, T0, **params), None
+    return start_sensitivity(lambda C, T: _fit(solver, X, ivar, C, T, **params), C0, T0)
 
 
 def _fit(solver, X, ivar, C0, T0, **params):
@@ -72,14 +88,14 @@ def test_array_api_strict_matches_numpy(toy, solver, dtype, monkeypatch):
     xps = pytest.importorskip("array_api_strict")
     X, ivar = toy
     C0, T0 = _start(X)
-    ref = _fit(solver, X, ivar, C0, T0, dtype=dtype)
+    ref, spread = _reference(solver, X, ivar, C0, T0, dtype)
     seen = _record_namespaces(monkeypatch, solver)
     # inputs already in the strict namespace (NaN flux where ivar == 0 included)
     Xs, ivs = xps.asarray(X), xps.asarray(ivar)
     got = _fit(solver, Xs, ivs, xps.asarray(C0), xps.asarray(T0), dtype=dtype,
                backend="array_api_strict")
     assert seen and all(xp is xps for xp in seen), "the solver did not run in array_api_strict"
-    _compare(got, ref, dtype)
+    _compare(got, ref, dtype, spread, solver)
 
 
 @needs_backend_param
@@ -146,8 +162,8 @@ def test_gpu_backend_matches_numpy(toy, backend, solver, dtype, monkeypatch):
     to_device, is_backend = _gpu(backend)
     X, ivar = toy
     C0, T0 = _start(X)
-    ref = _fit(solver, X, ivar, C0, T0, dtype=dtype)
+    ref, spread = _reference(solver, X, ivar, C0, T0, dtype)
     seen = _record_namespaces(monkeypatch, solver)
     got = _fit(solver, to_device(X), to_device(ivar), C0, T0, dtype=dtype, backend=backend)
     assert seen and all(is_backend(getattr(xp, "__name__", "")) for xp in seen)
-    _compare(got, ref, dtype)
+    _compare(got, ref, dtype, spread, solver)

@@ -13,6 +13,7 @@ import pytest
 from specnmf import SpectralNMF, _kernels
 from specnmf.penalties import make_penalties
 from specnmf.solvers.multiplicative import ClipNMF, NearlyNMF, ShiftNMF, minimal_shift
+from .conftest import EPS32, assert_float32_tracks_float64, start_sensitivity
 
 pytestmark = [pytest.mark.skipif(not _kernels.available(),
                                  reason="numba not installed (or SPECNMF_DISABLE_NUMBA set)"),
@@ -128,12 +129,13 @@ def test_fit_is_the_same_without_numba(monkeypatch, solver):
 def test_float32_kernel_tracks_float64():
     X, ivar, C, T = _problem(500, 90, 4, seed=8)
     kw = dict(max_iter=50, tol=0)
-    m64 = SpectralNMF(4, **kw).fit(X, ivar, templates=T, coefficients=C)
+    m64, spread = start_sensitivity(
+        lambda C0, T0: SpectralNMF(4, **kw).fit(X, ivar, templates=T0, coefficients=C0), C, T)
     m32 = SpectralNMF(4, dtype="float32", **kw).fit(X, ivar, templates=T, coefficients=C)
     assert m32.templates_.dtype == np.float32
-    assert np.all(np.diff(m32.chi2_) <= 0)
-    np.testing.assert_allclose(m32.chi2_, m64.chi2_, rtol=1e-5)
-    np.testing.assert_allclose(m32.templates_, m64.templates_, rtol=1e-3, atol=1e-4)
+    # monotone up to float32 rounding of the objective
+    assert np.all(np.diff(m32.chi2_) <= 10 * EPS32 * m32.chi2_[:-1])
+    assert_float32_tracks_float64(m32, m64, spread)
 
 
 def test_transform_reports_bad_data_like_the_validated_path():
