@@ -124,7 +124,7 @@ def main(argv=None):
     Wg, Hg = cp.asarray(T0.T), cp.asarray(C0.T)
     paper_s = _per_iteration(lambda m: nearly_paper_cupy(cp, Xg, Vg, Wg, Hg, m), sync, m1, m2)
     W, H = nearly_paper_cupy(cp, Xg, Vg, Wg, Hg, m2)
-    paper_chi2 = chi2(X, ivar, cp.asnumpy(H).T, cp.asnumpy(W).T)
+    paper_chi2 = chi2(X, cp.asnumpy(H).T, cp.asnumpy(W).T, ivar=ivar)
     report = {"n": args.n, "d": args.d, "q": args.q, "dtype": args.dtype,
               "device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
               "paper_cupy_seconds_per_iteration": paper_s, "backends": {}}

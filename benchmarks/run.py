@@ -195,7 +195,7 @@ def _fit(q, solver, m, data, dtype, callback=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # e.g. missing-data notices; timing only
         return SpectralNMF(q, solver=solver, max_iter=m, tol=0, dtype=dtype).fit(
-            data["X"], data["ivar"], templates=data["T0"], coefficients=data["C0"], **extra)
+            data["X"], ivar=data["ivar"], templates=data["T0"], coefficients=data["C0"], **extra)
 
 
 def _estimator_has_callback():
@@ -217,7 +217,7 @@ def _warm_imports(q, solver=None, transform=False):
     if solver is not None:
         model = _fit(q, solver, 2, tiny, "float64")
         if transform:
-            model.transform(X, ivar)
+            model.transform(X, ivar=ivar)
 
 
 def _timed(fn, *args):
@@ -325,8 +325,8 @@ def _task_baseline_target(task):
                        task["n_iter"])
     extra = mem.extra_mib()
     return {"time_s": t, "n_iter": task["n_iter"],
-            "chi2": chi2(data["X"], data["ivar"], H.T, W.T),
-            "chi2_start": chi2(data["X"], data["ivar"], data["C0"], data["T0"]),
+            "chi2": chi2(data["X"], H.T, W.T, ivar=data["ivar"]),
+            "chi2_start": chi2(data["X"], data["C0"], data["T0"], ivar=data["ivar"]),
             "extra_mib": extra, "memory_method": mem.method}
 
 
@@ -403,12 +403,12 @@ def _task_transform(task):
             model = SpectralNMF.from_templates(data["T_true"])
         else:
             model = SpectralNMF(q, max_iter=0, tol=0).fit(
-                data["X"], data["ivar"], templates=data["T_true"],
+                data["X"], ivar=data["ivar"], templates=data["T_true"],
                 coefficients=data["C_true"])
     X, ivar = data["X"], data["ivar"]
     mem = _PeakMemory()
     mem.start()
-    model.transform(X, ivar)                 # warm-up: first touch
+    model.transform(X, ivar=ivar)                 # warm-up: first touch
     times = []
     for _ in range(task["repeats"]):
         t, C = _timed(model.transform, X, ivar)
@@ -416,7 +416,7 @@ def _task_transform(task):
     return {"time_s": float(np.median(times)), "times_s": times,
             "extra_mib": mem.extra_mib(), "memory_method": mem.method,
             "coefficients": np.asarray(C, dtype=np.float64).tolist(),
-            "chi2": chi2(X, ivar, C, model.templates_)}
+            "chi2": chi2(X, C, model.templates_, ivar=ivar)}
 
 
 def _nnls_loop(X, ivar, T):
@@ -447,7 +447,7 @@ def _task_nnls_loop(task):
         times.append(t)
     return {"time_s": float(np.median(times)), "times_s": times,
             "extra_mib": mem.extra_mib(), "memory_method": mem.method,
-            "coefficients": C.tolist(), "chi2": chi2(X, ivar, C, T)}
+            "coefficients": C.tolist(), "chi2": chi2(X, C, T, ivar=ivar)}
 
 
 _TASKS = {

@@ -176,7 +176,7 @@ t0 = time.perf_counter()
 with h5py.File(path, "r") as f:
     model = SpectralNMF(q, solver=solver, max_iter=iters, tol=0, block_size=block_size,
                         dtype="float32", random_state=0)
-    model.fit(f["flux"], f["ivar"], callback=callback)
+    model.fit(f["flux"], ivar=f["ivar"], callback=callback)
 t1 = time.perf_counter()
 times = [b[1] - a[1] for a, b in zip(stamps[:-1], stamps[1:])]
 print(json.dumps({

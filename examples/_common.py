@@ -116,7 +116,7 @@ def sequential_fit(X, ivar, n_components, *, stage_iter=50, max_iter=1000, rando
 
     model = SpectralNMF(n_components, init="sequential", max_iter=max_iter,
                         random_state=random_state, sequential_iter=stage_iter, **params)
-    return model.fit(X, ivar)
+    return model.fit(X, ivar=ivar)
 
 
 def environment():

@@ -136,8 +136,8 @@ def main(argv=None):
     coef = {}
     with _common.Timer() as t_val:
         for name, m in models.items():
-            coef[name] = m.transform(flux_n[va], ivar_n[va])
-            chi2[name] = chi2_per_spectrum(flux_n[va], ivar_n[va], coef[name], m.templates_)
+            coef[name] = m.transform(flux_n[va], ivar=ivar_n[va])
+            chi2[name] = chi2_per_spectrum(flux_n[va], coef[name], m.templates_, ivar=ivar_n[va])
     diff = chi2["noisy"] - chi2["noise_free"]
     typical = float(np.median(chi2["noise_free"]))
     med_diff = float(np.median(diff))

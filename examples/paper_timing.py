@@ -71,7 +71,7 @@ def time_per_iteration(X, ivar, q, iters, seed=0):
     model = SpectralNMF(q, solver="nearly", max_iter=iters + 1, tol=0, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.fit(X, ivar, callback=callback)
+        model.fit(X, ivar=ivar, callback=callback)
     # the first interval starts after the first iteration: set-up is excluded
     return np.diff(stamps)
 

@@ -92,12 +92,12 @@ def main(argv=None):
     for solver in SOLVERS:
         with _common.Timer() as t:
             models[solver] = SpectralNMF(2, solver=solver, max_iter=cfg["max_iter"], tol=0,
-                                         random_state=args.seed).fit(X, ivar)
+                                         random_state=args.seed).fit(X, ivar=ivar)
         off = template_offsets(models[solver].templates_, outside)
         offsets[solver] = float(np.mean(off))
         log.info("%-6s %d iterations in %.1f s: chi2 %.6g, offset outside/peak %s (mean %.4f)",
                  solver, cfg["max_iter"], t.seconds,
-                 chi2(X, ivar, models[solver].coefficients_, models[solver].templates_),
+                 chi2(X, models[solver].coefficients_, models[solver].templates_, ivar=ivar),
                  np.round(off, 4), offsets[solver])
     ratio = {s: offsets[s] / offsets["clip"] if offsets["clip"] > 0 else None
              for s in ("shift", "nearly")}
@@ -114,7 +114,7 @@ def main(argv=None):
             # the same random_state gives every run the same start (init does not
             # depend on the solver)
             m = SpectralNMF(2, solver=solver, shift=shift, max_iter=cfg["conv_iter"], tol=0,
-                            random_state=1000 + seed).fit(X, ivar)
+                            random_state=1000 + seed).fit(X, ivar=ivar)
             curves[name].append(m.chi2_)
     curves = {k: np.array(v) for k, v in curves.items()}                  # (starts, iter + 1)
     final = {k: v[:, -1] for k, v in curves.items()}
@@ -138,7 +138,7 @@ def main(argv=None):
         "templates_nonnegative": bool(all((m.templates_ >= 0).all() for m in models.values())),
         # chi^2 of the data as given (the clip solver's own history is that of
         # the clipped data)
-        "final_chi2": {s: chi2(X, ivar, m.coefficients_, m.templates_) for s, m in models.items()},
+        "final_chi2": {s: chi2(X, m.coefficients_, m.templates_, ivar=ivar) for s, m in models.items()},
         "convergence": {
             "iterations": cfg["conv_iter"], "n_starts": cfg["n_starts"],
             "minimal_shift": y_min,

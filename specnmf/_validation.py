@@ -16,6 +16,8 @@ import numpy as np
 
 __all__ = [
     "MissingDataWarning",
+    "NotFittedError",
+    "check_y",
     "check_spectra",
     "check_factor",
     "check_dtype",
@@ -25,6 +27,39 @@ __all__ = [
 
 class MissingDataWarning(UserWarning):
     """A spectrum or pixel has zero weight everywhere (it cannot be fitted)."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted model was called before ``fit`` (the same bases
+    as scikit-learn's ``NotFittedError``, so code catching either works)."""
+
+
+def check_y(y, X, method="fit"):
+    """``y`` is scikit-learn's target slot, which NMF ignores.
+
+    Spectra used to take ``ivar`` second; an array shaped like ``X`` passed
+    there is almost certainly inverse variances, so it is an error that says
+    how to pass them rather than a silent unweighted fit.
+    """
+    if y is None:
+        return
+    shape = getattr(y, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(y)
+        except Exception:  # pragma: no cover - exotic containers
+            return
+    x_shape = getattr(X, "shape", None)
+    if x_shape is None:
+        try:
+            x_shape = np.shape(X)
+        except Exception:  # pragma: no cover
+            return
+    if len(shape) >= 2 and tuple(shape) == tuple(x_shape):
+        raise TypeError(
+            f"{method}() got an array shaped like X {tuple(x_shape)} as its second positional "
+            f"argument, which is y (ignored, scikit-learn convention); pass inverse variances "
+            f"by keyword: {method}(X, ivar=ivar)")
 
 
 _DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -41,7 +76,16 @@ def check_dtype(dtype) -> np.dtype:
     return dt
 
 
+def reject_sparse(a, name: str) -> None:
+    """Sparse matrices are refused: an implicit zero would be a measured flux of 0,
+    not a missing pixel (missing is ``ivar == 0``)."""
+    if a is not None and (type(a).__module__.startswith("scipy.sparse") or hasattr(a, "tocsr")):
+        raise TypeError(f"{name} is a sparse matrix; sparse input is not supported: pass a dense "
+                        f"array ({name}.toarray()) and mark missing pixels with ivar == 0")
+
+
 def _as_real_array(a, name: str) -> np.ndarray:
+    reject_sparse(a, name)
     if hasattr(a, "__array_namespace__") and not isinstance(a, np.ndarray):
         from .backends import to_numpy
 
@@ -51,7 +95,11 @@ def _as_real_array(a, name: str) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a numeric array; could not convert it: {exc}") from exc
     if arr.dtype.kind == "c":
-        raise TypeError(f"{name} must be real; got complex dtype {arr.dtype}")
+        raise ValueError(f"Complex data not supported: {name} must be real; got dtype {arr.dtype}")
+    if arr.dtype.kind == "O":
+        # numbers held as Python objects (e.g. from pandas): convert, or let numpy say
+        # which element is not a number
+        arr = arr.astype(np.float64)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a numeric array; got dtype {arr.dtype}")
     return arr
@@ -61,10 +109,16 @@ def _check_2d(arr: np.ndarray, name: str, hint: str = "") -> None:
     if arr.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D {hint}; got a {arr.ndim}-D array of shape {arr.shape}"
-            + (". For one spectrum use X.reshape(1, -1)" if arr.ndim == 1 and name == "X" else "")
+            + (". Reshape your data: for one spectrum use X.reshape(1, -1)"
+               if arr.ndim == 1 and name == "X" else "")
         )
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    # the wording of scikit-learn's check_array, which its tools look for
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 "
+                         "is required.")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 "
+                         "is required.")
 
 
 def check_spectra(X, ivar=None, *, dtype="float64"):
@@ -158,7 +212,8 @@ def check_n_components(n_components, n_spectra, n_pixels) -> int:
     limit = min(n_spectra, n_pixels)
     if not 1 <= n_components <= limit:
         raise ValueError(
-            f"n_components must be between 1 and min(n_spectra, n_pixels) = {limit}; got {n_components}"
+            f"n_components must be between 1 and min(n_spectra, n_pixels) = {limit} "
+            f"(n_samples={n_spectra}, n_features={n_pixels}); got {n_components}"
         )
     return int(n_components)
 

@@ -272,7 +272,7 @@ def _fit(model, X, ivar, *, wavelength=None, progress=False):
             log_handler = _ProgressLogHandler(bar)
             logger.addHandler(log_handler)
     try:
-        model.fit(X, ivar, **kwargs)
+        model.fit(X, ivar=ivar, **kwargs)
     finally:
         if log_handler is not None:
             logger.removeHandler(log_handler)
@@ -309,7 +309,7 @@ def _fit_summary(model, X, ivar):
 
     # a streamed fit's data may not fit in memory: no second full pass for this
     if hasattr(model, "coefficients_") and not (is_lazy(X) or is_lazy(ivar)):
-        lines.append(f"reduced chi2:     {reduced_chi2(X, ivar, model.coefficients_, model.templates_):.4f}")
+        lines.append(f"reduced chi2:     {reduced_chi2(X, model.coefficients_, model.templates_, ivar=ivar):.4f}")
     return lines
 
 
@@ -382,11 +382,11 @@ def cmd_transform(args):
         if "return_uncertainty" not in inspect.signature(model.transform).parameters:
             raise UsageError("--uncertainty needs a SpectralNMF.transform with "
                              "return_uncertainty (not in this version)")
-        coefficients, sigma = model.transform(spectra.flux, spectra.ivar, return_uncertainty=True)
+        coefficients, sigma = model.transform(spectra.flux, ivar=spectra.ivar, return_uncertainty=True)
     else:
-        coefficients = model.transform(spectra.flux, spectra.ivar)
+        coefficients = model.transform(spectra.flux, ivar=spectra.ivar)
     coefficients = np.asarray(coefficients)
-    chi = chi2_per_spectrum(spectra.flux, spectra.ivar, coefficients, model.templates_)
+    chi = chi2_per_spectrum(spectra.flux, coefficients, model.templates_, ivar=spectra.ivar)
     _write_coefficients(args.output, coefficients, None if sigma is None else np.asarray(sigma),
                         chi, args.overwrite)
     logger.debug("wrote %s", args.output)
@@ -507,7 +507,7 @@ def cmd_cv(args):
     limit = min(flux.shape)
     if max(args.candidates) > limit:
         raise UsageError(f"--candidates must not exceed min(n_spectra, n_pixels) = {limit}")
-    sel = select_n_components(flux, spectra.ivar, candidates=args.candidates,
+    sel = select_n_components(flux, ivar=spectra.ivar, candidates=args.candidates,
                               holdout=args.holdout, random_state=params.pop("random_state", None),
                               rule=args.rule, **params)
     print(sel.table())
@@ -554,7 +554,7 @@ def cmd_demo(args):
     clip = SpectralNMF(2, **{**params, "solver": "clip"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clip.fit(X, ivar)
+        clip.fit(X, ivar=ivar)
     chi = np.asarray(model.chi2_)
     offsets = _doublet_offsets(np.asarray(model.templates_))
     clip_offsets = _doublet_offsets(np.asarray(clip.templates_))
@@ -562,7 +562,7 @@ def cmd_demo(args):
     print(f"iterations:       {model.n_iter_} ({'converged' if model.converged_ else 'not converged'}"
           f", {elapsed:.2f} s)")
     print(f"chi2 start / end: {chi[0]:.6g} / {chi[-1]:.6g}")
-    print(f"reduced chi2:     {reduced_chi2(X, ivar, model.coefficients_, model.templates_):.4f}")
+    print(f"reduced chi2:     {reduced_chi2(X, model.coefficients_, model.templates_, ivar=ivar):.4f}")
     print("template offsets (mean level in the outer 20% of pixels, where the truth is 0,")
     print("                  as a fraction of each template's peak):")
     print(f"  Nearly-NMF:     {', '.join(f'{o:+.4f}' for o in offsets)}")

@@ -249,7 +249,7 @@ def stellar_demo(*, n_components=4, solver="anls", smoothness=0.0, random_state=
 
     model = SpectralNMF(int(n_components), solver=solver, init=init, random_state=random_state,
                         max_iter=max_iter, tol=tol, smoothness=smoothness)
-    model.fit(X, np.ones_like(X), wavelength=wavelength)
+    model.fit(X, ivar=np.ones_like(X), wavelength=wavelength)
 
     peak = model.templates_.max(axis=1, keepdims=True)
     nmf = np.divide(model.templates_, peak, out=np.zeros_like(model.templates_),
@@ -352,7 +352,7 @@ def ifu_demo(*, ny=30, nx=30, n_wave=300, snr=0.3, spatial=0.1, solver="anls",
     for name, strength in {"plain": 0.0, "spatial": spatial}.items():
         params = dict(solver=solver, init=init, random_state=random_state,
                       max_iter=max_iter, tol=tol, spatial=strength)
-        model = fit_cube(SpectralNMF(3, **params), sim.cube, sim.ivar,
+        model = fit_cube(SpectralNMF(3, **params), sim.cube, ivar=sim.ivar,
                          wavelength=sim.wavelength)
         maps, templates, corr = _matched_maps(model.templates_, model.coefficients_,
                                               sim.templates, shape)

@@ -355,6 +355,8 @@ def make_engine(X, ivar=None, *, block_size=None, dtype, xp=np, device=None):
     memory (:class:`InMemory`).  ``block_size`` is the number of spectra per
     block (default: chosen from the number of pixels).
     """
+    V.reject_sparse(X, "X")
+    V.reject_sparse(ivar, "ivar")
     if _is_dask(X) or _is_dask(ivar):
         from ._dask import DaskEngine
 

@@ -7,6 +7,7 @@ once by :mod:`specnmf._validation`; the iteration is
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from numbers import Integral, Real
@@ -60,6 +61,9 @@ def _optional_path(value, name):
         raise TypeError(f"{name} must be a path or None; got {value!r}")
 
 
+_UNCHANGED = "$UNCHANGED$"   # scikit-learn's sentinel: leave a request as it is
+
+
 class _ParamsMixin:
     """``get_params``/``set_params``/``repr`` as in scikit-learn, without importing it."""
 
@@ -100,9 +104,61 @@ class _ParamsMixin:
         return Tags(
             estimator_type=None,
             target_tags=TargetTags(required=False),
-            transformer_tags=TransformerTags(),
-            input_tags=InputTags(allow_nan=True),
+            transformer_tags=TransformerTags(preserves_dtype=[np.dtype(self.dtype).name]
+                                             if self.dtype in ("float32", "float64") else []),
+            # negative flux is data, not an error (input_tags.positive_only stays False);
+            # NaN flux is allowed only where ivar == 0, which the tag cannot say
+            input_tags=InputTags(allow_nan=False),
         )
+
+    def __sklearn_clone__(self):
+        """``sklearn.base.clone``: a new unfitted estimator with the same parameters and
+        metadata requests (scikit-learn's default clone cannot copy plain request dicts)."""
+        new = type(self)(**{k: copy.deepcopy(v) for k, v in self.get_params().items()})
+        if hasattr(self, "_ivar_requests"):
+            new._ivar_requests = dict(self._ivar_requests)
+        return new
+
+    # -- scikit-learn metadata routing, without importing scikit-learn ---------------
+    # Meta-estimators (Pipeline, GridSearchCV, cross_validate) pass ``ivar`` on to
+    # the methods for which it was requested, sliced like X.
+    def _set_ivar_request(self, method, ivar):
+        if ivar is _UNCHANGED:
+            return self
+        if not (ivar is None or isinstance(ivar, (bool, str))):
+            raise ValueError(f"set_{method}_request(ivar=...) takes True, False, None or an "
+                             f"alias (str); got {ivar!r}")
+        requests = dict(getattr(self, "_ivar_requests", {}))
+        requests[method] = ivar
+        self._ivar_requests = requests
+        return self
+
+    def set_fit_request(self, *, ivar=_UNCHANGED):
+        """Whether scikit-learn meta-estimators pass ``ivar`` to :meth:`fit` (and to the fit
+        half of ``fit_transform``): True, False, None (error if given) or an alias.
+
+        Needs ``sklearn.set_config(enable_metadata_routing=True)``.  Returns self.
+        """
+        return self._set_ivar_request("fit", ivar)
+
+    def set_transform_request(self, *, ivar=_UNCHANGED):
+        """As :meth:`set_fit_request`, for :meth:`transform`.  Returns self."""
+        return self._set_ivar_request("transform", ivar)
+
+    def set_score_request(self, *, ivar=_UNCHANGED):
+        """As :meth:`set_fit_request`, for :meth:`score` (e.g. held-out chi^2 in
+        ``GridSearchCV``).  Returns self."""
+        return self._set_ivar_request("score", ivar)
+
+    def get_metadata_routing(self):
+        """The metadata requests of this estimator, as a scikit-learn ``MetadataRequest``."""
+        from sklearn.utils.metadata_routing import MetadataRequest
+
+        request = MetadataRequest(owner=self)
+        requests = getattr(self, "_ivar_requests", {})
+        for method in ("fit", "transform", "score"):
+            getattr(request, method).add_request(param="ivar", alias=requests.get(method))
+        return request
 
 
 def _same(a, b):
@@ -261,7 +317,7 @@ class SpectralNMF(_ParamsMixin):
     >>> truth = rng.uniform(size=(50, 2)) @ rng.uniform(size=(2, 40))
     >>> ivar = np.full(truth.shape, 100.0)
     >>> X = truth + rng.normal(scale=0.1, size=truth.shape)   # some X < 0
-    >>> model = SpectralNMF(2, random_state=0, max_iter=200).fit(X, ivar)
+    >>> model = SpectralNMF(2, random_state=0, max_iter=200).fit(X, ivar=ivar)
     >>> model.templates_.shape, model.coefficients_.shape
     ((2, 40), (50, 2))
     >>> bool(model.chi2_[-1] < model.chi2_[0])
@@ -330,7 +386,7 @@ class SpectralNMF(_ParamsMixin):
 
     def _check_fitted(self):
         if not hasattr(self, "templates_"):
-            raise AttributeError(
+            raise V.NotFittedError(
                 f"this {type(self).__name__} instance is not fitted yet; call fit first")
 
     # -- fitting -------------------------------------------------------------
@@ -381,7 +437,7 @@ class SpectralNMF(_ParamsMixin):
             coefficients = _rescale(C0, X, ivar, templates)
         return coefficients, templates
 
-    def fit(self, X, ivar=None, *, templates=None, coefficients=None, wavelength=None,
+    def fit(self, X, y=None, *, ivar=None, templates=None, coefficients=None, wavelength=None,
             spatial_shape=None, resume=False, callback=None):
         """Fit templates and coefficients to the spectra.
 
@@ -392,8 +448,14 @@ class SpectralNMF(_ParamsMixin):
             Arrays on disk (``np.memmap``, h5py/zarr datasets, FITS memmap) are
             streamed in blocks of ``block_size`` spectra; dask arrays run on
             the active Dask scheduler.
-        ivar : array-like of shape (n_spectra, n_pixels), optional
-            Inverse variance, >= 0; 0 marks missing pixels.  ``None``: unit weights.
+        y : None
+            Ignored (scikit-learn's target slot, so that ``Pipeline`` and
+            ``GridSearchCV`` can call ``fit(X, y)``).  An array shaped like
+            ``X`` here is an error: pass inverse variances as ``ivar=``.
+        ivar : array-like of shape (n_spectra, n_pixels), optional (keyword-only)
+            Inverse variance, >= 0; 0 marks missing pixels.  ``None``: unit
+            weights.  Routed by scikit-learn meta-estimators after
+            ``set_fit_request(ivar=True)``.
         templates : array-like of shape (n_components, n_pixels), optional
             Start for the templates (non-negative).
         coefficients : array-like of shape (n_spectra, n_components), optional
@@ -416,6 +478,7 @@ class SpectralNMF(_ParamsMixin):
         -------
         self
         """
+        V.check_y(y, X, "fit")
         self._validate_params()
         dt = V.check_dtype(self.dtype)
         xp, device = resolve_backend(self.backend)
@@ -595,11 +658,21 @@ class SpectralNMF(_ParamsMixin):
                 "history": history, "state": state}
 
     # -- using a fitted model ----------------------------------------------------------
-    def fit_transform(self, X, ivar=None, **fit_params):
-        """Fit and return the coefficients of the training spectra, ``coefficients_``."""
-        return self.fit(X, ivar, **fit_params).coefficients_
+    def fit_transform(self, X, y=None, *, ivar=None, **fit_params):
+        """Fit, then return the coefficients of the training spectra for the fitted templates.
 
-    def transform(self, X, ivar=None, *, return_uncertainty=False, return_covariance=False,
+        Same parameters as :meth:`fit`; ``y`` is ignored.  The result is
+        ``transform(X)`` of the fitted model (exact weighted NNLS with the final
+        templates), so ``fit_transform`` and ``fit(...).transform`` agree for
+        every solver.  ``coefficients_`` keeps the solver's last iterate (for
+        the multiplicative solvers, the published algorithm's output), which a
+        slowly converging solver may leave short of that minimum.
+        """
+        V.check_y(y, X, "fit_transform")
+        self.fit(X, ivar=ivar, **fit_params)
+        return self.transform(X, ivar=ivar, spatial_shape=fit_params.get("spatial_shape"))
+
+    def transform(self, X, *, ivar=None, return_uncertainty=False, return_covariance=False,
                   spatial_shape=None):
         """Coefficients of (new) spectra with the templates fixed.
 
@@ -610,9 +683,11 @@ class SpectralNMF(_ParamsMixin):
 
         Parameters
         ----------
-        X, ivar : array-like of shape (n_spectra, n_pixels)
+        X : array-like of shape (n_spectra, n_pixels)
             As in :meth:`fit` (arrays on disk are streamed); ``n_pixels`` must
             equal ``n_features_in_``.
+        ivar : array-like of shape (n_spectra, n_pixels), optional (keyword-only)
+            Inverse variance (0 = missing); ``None``: unit weights.
         return_uncertainty : bool, default=False
             Also return 1-sigma errors of the coefficients.
         return_covariance : bool, default=False
@@ -646,8 +721,9 @@ class SpectralNMF(_ParamsMixin):
             return fast
         engine = make_engine(X, ivar, block_size=self.block_size, dtype=dt)
         if engine.n_pixels != self.n_features_in_:
-            raise ValueError(f"X has {engine.n_pixels} pixels but the model was fitted with "
-                             f"{self.n_features_in_}")
+            raise ValueError(f"X has {engine.n_pixels} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input (the pixels of "
+                             f"the templates)")
         n, k = engine.n_spectra, self.templates_.shape[0]
         if spatial_shape is not None:
             spatial_shape = _check_spatial_shape(spatial_shape, n)
@@ -757,7 +833,7 @@ class SpectralNMF(_ParamsMixin):
             dtype=self.templates_.dtype)
         return C.T[:, :, None] * self.templates_[:, None, :]
 
-    def residuals(self, X, ivar=None, *, coefficients=None, normalized=False):
+    def residuals(self, X, *, ivar=None, coefficients=None, normalized=False):
         """Data minus model, ``X - C T``, of shape (n_spectra, n_pixels).
 
         ``coefficients`` default to :meth:`transform` of ``X``.  With
@@ -766,14 +842,20 @@ class SpectralNMF(_ParamsMixin):
         """
         self._check_fitted()
         if coefficients is None:
-            coefficients = self.transform(X, ivar)
+            coefficients = self.transform(X, ivar=ivar)
         Xv, iv = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
         r = np.where(iv > 0, Xv - self.inverse_transform(coefficients), 0)
         return r * np.sqrt(iv) if normalized else r
 
-    def score(self, X, ivar=None):
-        """Negative chi^2 of the spectra after :meth:`transform` (higher is better)."""
-        C = self.transform(X, ivar)
+    def score(self, X, y=None, *, ivar=None):
+        """Negative chi^2 of the spectra after :meth:`transform` (higher is better).
+
+        The held-out chi^2 with the templates fixed: what ``GridSearchCV`` or
+        ``cross_validate`` maximise by default (route ``ivar`` with
+        ``set_score_request(ivar=True)``).  ``y`` is ignored.
+        """
+        V.check_y(y, X, "score")
+        C = self.transform(X, ivar=ivar)
         X, ivar = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
         return -_chi2(X, ivar, C, self.templates_, np)
 

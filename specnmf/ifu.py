@@ -9,7 +9,7 @@ The matrix of spectra has one row per spaxel, in C order:
 row ``i = y * nx + x``, which is also the neighbour convention of the
 ``Spatial`` penalty.  So, with ``spatial_shape = (ny, nx)``,
 
-* ``X, ivar, spatial_shape = cube_to_matrix(cube, ivar, mask)`` gives the
+* ``X, ivar, spatial_shape = cube_to_matrix(cube, ivar=ivar, mask=mask)`` gives the
   ``(n_spaxels, n_wave)`` inputs of :class:`specnmf.SpectralNMF`;
 * ``coefficient_maps(model.coefficients_, spatial_shape)`` gives the
   ``(ny, nx, n_components)`` maps of the components;
@@ -102,7 +102,7 @@ def _rows_matrix(M, name, spatial_shape, allow_1d=False):
 
 
 # -- cube <-> matrix ---------------------------------------------------------
-def cube_to_matrix(cube, ivar=None, mask=None, *, wave_axis=-1):
+def cube_to_matrix(cube, *, ivar=None, mask=None, wave_axis=-1):
     """Reshape a cube (and its weights) into a matrix of spectra, one per spaxel.
 
     Parameters
@@ -261,11 +261,11 @@ def reconstruct_cube(coefficients, templates, spatial_shape, component=None, *, 
     return matrix_to_cube(C @ T, shape, wave_axis=wave_axis)
 
 
-def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1, header=None):
+def fit_cube(model, cube, *, ivar=None, mask=None, wavelength=None, wave_axis=-1, header=None):
     """Fit an estimator to the spectra of a cube.
 
     Reshapes with :func:`cube_to_matrix` and calls
-    ``model.fit(X, ivar, spatial_shape=(ny, nx), wavelength=wavelength)``, so
+    ``model.fit(X, ivar=ivar, spatial_shape=(ny, nx), wavelength=wavelength)``, so
     a ``Spatial`` penalty (``SpectralNMF(spatial=...)``) knows which spaxels
     are neighbours.
 
@@ -292,7 +292,7 @@ def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1
     """
     if not hasattr(model, "fit"):
         raise TypeError(f"model must be an estimator with a fit method; got {type(model).__name__}")
-    X, w, shape = cube_to_matrix(cube, ivar, mask, wave_axis=wave_axis)
+    X, w, shape = cube_to_matrix(cube, ivar=ivar, mask=mask, wave_axis=wave_axis)
     if wavelength is None and header is not None:
         wavelength = wavelength_from_header(header, X.shape[1])
     if wavelength is not None:
@@ -300,7 +300,7 @@ def fit_cube(model, cube, ivar=None, mask=None, *, wavelength=None, wave_axis=-1
         if wavelength.shape != (X.shape[1],):
             raise ValueError(f"wavelength must have shape ({X.shape[1]},), one value per "
                              f"wavelength pixel of cube; got {wavelength.shape}")
-    model.fit(X, w, spatial_shape=shape, wavelength=wavelength)
+    model.fit(X, ivar=w, spatial_shape=shape, wavelength=wavelength)
     if header is not None:
         model.header_ = spectral_header(header)
     return model

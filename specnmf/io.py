@@ -444,7 +444,7 @@ def _check_output(path, overwrite):
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
 
 
-def write_spectra(path, flux, ivar=None, wavelength=None, mask=None, *, meta=None,
+def write_spectra(path, flux, *, ivar=None, wavelength=None, mask=None, meta=None,
                   layout="image", overwrite=False):
     """Write spectra in a layout :func:`read_spectra` reads back.
 

@@ -76,7 +76,7 @@ def _chi2(X, ivar, coefficients, templates, xp):
     return float(xp.sum(_chi2_rows(X, ivar, coefficients, templates, xp)))
 
 
-def _prepare(X, ivar, coefficients, templates):
+def _prepare(X, coefficients, templates, ivar):
     """Light checks for the public functions, which accept raw user arrays."""
     from ._validation import check_spectra, check_factor
 
@@ -91,7 +91,7 @@ def _prepare(X, ivar, coefficients, templates):
     return X, ivar, coefficients, templates
 
 
-def chi2(X, ivar, coefficients, templates):
+def chi2(X, coefficients, templates, *, ivar=None):
     r"""Weighted chi^2 of a factorisation: the one objective of specnmf.
 
     .. math:: \chi^2 = \sum_{ij,\ \mathrm{ivar}_{ij}>0} \mathrm{ivar}_{ij}
@@ -101,10 +101,10 @@ def chi2(X, ivar, coefficients, templates):
     ----------
     X : array-like of shape (n_spectra, n_pixels)
         Flux; may be negative.  NaN/inf are allowed where ``ivar == 0``.
-    ivar : array-like of shape (n_spectra, n_pixels) or None
-        Inverse variance (0 = missing).  ``None`` means unit weights.
     coefficients : array-like of shape (n_spectra, n_components)
     templates : array-like of shape (n_components, n_pixels)
+    ivar : array-like of shape (n_spectra, n_pixels), optional (keyword-only)
+        Inverse variance (0 = missing).  ``None`` means unit weights.
 
     Returns
     -------
@@ -117,27 +117,27 @@ def chi2(X, ivar, coefficients, templates):
     >>> from specnmf import chi2
     >>> X = np.array([[1.0, -1.0], [2.0, 0.5]])
     >>> ivar = np.array([[1.0, 4.0], [0.0, 1.0]])
-    >>> chi2(X, ivar, np.ones((2, 1)), np.zeros((1, 2)))
+    >>> chi2(X, np.ones((2, 1)), np.zeros((1, 2)), ivar=ivar)
     5.25
     """
-    X, ivar, C, T = _prepare(X, ivar, coefficients, templates)
+    X, ivar, C, T = _prepare(X, coefficients, templates, ivar)
     return _chi2(X, ivar, C, T, get_namespace(X))
 
 
-def chi2_per_spectrum(X, ivar, coefficients, templates):
+def chi2_per_spectrum(X, coefficients, templates, *, ivar=None):
     """Chi^2 of each spectrum, of shape (n_spectra,); see :func:`chi2`."""
-    X, ivar, C, T = _prepare(X, ivar, coefficients, templates)
+    X, ivar, C, T = _prepare(X, coefficients, templates, ivar)
     return np.asarray(_chi2_rows(X, ivar, C, T, get_namespace(X)))
 
 
-def reduced_chi2(X, ivar, coefficients, templates):
+def reduced_chi2(X, coefficients, templates, *, ivar=None):
     """Chi^2 divided by the degrees of freedom.
 
     The degrees of freedom are the number of observed entries (``ivar > 0``)
     minus the number of free parameters, ``n_components * (n_spectra +
     n_pixels)``, floored at 1.
     """
-    X, ivar, C, T = _prepare(X, ivar, coefficients, templates)
+    X, ivar, C, T = _prepare(X, coefficients, templates, ivar)
     xp = get_namespace(X)
     n_obs = int(xp.sum(ivar > 0))
     dof = max(1, n_obs - C.shape[1] * (C.shape[0] + T.shape[1]))

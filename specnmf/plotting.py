@@ -194,7 +194,7 @@ def plot_reconstruction(X, ivar, model, indices, *, wavelength=None, coefficient
     wavelength : array-like of shape (n_pixels,), optional
         Default the model's ``wavelength_``.
     coefficients : array-like of shape (n_spectra, n_components), optional
-        Coefficients of the rows of ``X`` (e.g. ``model.transform(X, ivar)``);
+        Coefficients of the rows of ``X`` (e.g. ``model.transform(X, ivar=ivar)``);
         default ``model.coefficients_``.
     components : bool, default=True
         Also draw each component's contribution ``c_k * templates_[k]``.

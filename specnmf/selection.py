@@ -128,8 +128,8 @@ def _chi2_terms(X, ivar, C, T):
     return (ivar * resid * resid)[ivar > 0]
 
 
-def select_n_components(X, ivar=None, candidates=range(1, 9), holdout=0.1, random_state=None,
-                        *, rule="one_se", keep_models=False, estimator=None, **fit_kwargs):
+def select_n_components(X, *, ivar=None, candidates=range(1, 9), holdout=0.1, random_state=None,
+                        rule="one_se", keep_models=False, estimator=None, **fit_kwargs):
     """Number of templates with the lowest held-out chi^2.
 
     Parameters
@@ -201,7 +201,7 @@ def select_n_components(X, ivar=None, candidates=range(1, 9), holdout=0.1, rando
     for k in cands:
         params = dict(fit_kwargs)
         params.setdefault("random_state", int(rng.integers(2**31 - 1)))
-        model = estimator(int(k), **params).fit(X, ivar_train)
+        model = estimator(int(k), **params).fit(X, ivar=ivar_train)
         C, T = np.asarray(model.coefficients_, dtype=np.float64), np.asarray(model.templates_,
                                                                              dtype=np.float64)
         score = _chi2(X, ivar_held, C, T, np)

@@ -78,7 +78,7 @@ def _fit(solver, X, ivar, C0, T0, **params):
     if solver not in SOLVERS:
         pytest.skip(f"solver {solver!r} not available yet")
     params = {"max_iter": 12, "tol": 0, "random_state": 0, **params}
-    return SpectralNMF(3, solver=solver, **params).fit(X, ivar, templates=T0, coefficients=C0)
+    return SpectralNMF(3, solver=solver, **params).fit(X, ivar=ivar, templates=T0, coefficients=C0)
 
 
 @needs_backend_param
@@ -116,13 +116,13 @@ def test_array_api_strict_with_blocks_and_penalties(toy, solver):
 def test_unknown_or_missing_backend_is_a_clear_error(toy):
     X, ivar = toy
     with pytest.raises(ValueError, match="backend must be one of"):
-        SpectralNMF(2, backend="jax").fit(X, ivar)
+        SpectralNMF(2, backend="jax").fit(X, ivar=ivar)
     for name, module in (("cupy", "cupy"), ("torch", "torch")):
         try:
             __import__(module)
         except ImportError:
             with pytest.raises(ImportError, match="pip install"):
-                SpectralNMF(2, backend=name, max_iter=1).fit(X, ivar)
+                SpectralNMF(2, backend=name, max_iter=1).fit(X, ivar=ivar)
 
 
 # -- GPUs (skipped cleanly without the library or a CUDA device) ---------------------------------

@@ -88,7 +88,7 @@ def test_specnmf_nearly_follows_the_baseline_iterates(n, d, q, seed):
     W, H = nearly_baseline(X.T, ivar.T, T0.T, C0.T, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # e.g. unobserved pixels
-        model = SpectralNMF(q, max_iter=5, tol=0).fit(X, ivar, templates=T0, coefficients=C0)
+        model = SpectralNMF(q, max_iter=5, tol=0).fit(X, ivar=ivar, templates=T0, coefficients=C0)
     # pixels/spectra without any weight are set to 0 by the estimator, 1e-6 by the baseline
     seen_pixels = (ivar > 0).any(axis=0)
     seen_spectra = (ivar > 0).any(axis=1)

@@ -255,7 +255,7 @@ _FIT_IN_CHILD = textwrap.dedent("""
     with np.load(data) as f:
         X, ivar = f["X"], f["ivar"]
     SpectralNMF(3, solver=solver, max_iter=40, tol=0, random_state=0, checkpoint=path,
-                checkpoint_every=3).fit(X, ivar)
+                checkpoint_every=3).fit(X, ivar=ivar)
 """)
 
 
@@ -294,8 +294,8 @@ def test_killed_fit_resumes_to_the_uninterrupted_result(tmp_path, resume_data, s
     assert ck.exists()
     load_checkpoint(ck)  # a valid checkpoint of an unfinished fit
 
-    resumed = SpectralNMF(3, **_fit_settings(solver, ck)).fit(X, ivar, resume=True)
-    reference = SpectralNMF(3, **_fit_settings(solver, tmp_path / "ref.npz")).fit(X, ivar)
+    resumed = SpectralNMF(3, **_fit_settings(solver, ck)).fit(X, ivar=ivar, resume=True)
+    reference = SpectralNMF(3, **_fit_settings(solver, tmp_path / "ref.npz")).fit(X, ivar=ivar)
     assert resumed.n_iter_ == reference.n_iter_ == 40
     np.testing.assert_array_equal(resumed.templates_, reference.templates_)
     np.testing.assert_array_equal(resumed.coefficients_, reference.coefficients_)
@@ -307,16 +307,16 @@ def test_resume_refuses_other_data_or_settings(tmp_path, resume_data):
     X, ivar, _ = resume_data
     ck = tmp_path / "fit.npz"
     settings = dict(_fit_settings("nearly", ck), max_iter=6)
-    SpectralNMF(3, **settings).fit(X, ivar)
+    SpectralNMF(3, **settings).fit(X, ivar=ivar)
     assert ck.exists()
     with pytest.raises(ValueError, match="checkpoint"):
-        SpectralNMF(3, **settings).fit(X[:-1], ivar[:-1], resume=True)
+        SpectralNMF(3, **settings).fit(X[:-1], ivar=ivar[:-1], resume=True)
     with pytest.raises(ValueError, match="checkpoint"):
-        SpectralNMF(3, **settings).fit(X[:, :-1], ivar[:, :-1], resume=True)
+        SpectralNMF(3, **settings).fit(X[:, :-1], ivar=ivar[:, :-1], resume=True)
     with pytest.raises(ValueError, match="checkpoint"):
-        SpectralNMF(2, **settings).fit(X, ivar, resume=True)
+        SpectralNMF(2, **settings).fit(X, ivar=ivar, resume=True)
     with pytest.raises(ValueError, match="checkpoint"):
-        SpectralNMF(3, **{**settings, "solver": "shift"}).fit(X, ivar, resume=True)
+        SpectralNMF(3, **{**settings, "solver": "shift"}).fit(X, ivar=ivar, resume=True)
 
 
 def _raise_keyboard_interrupt_at(monkeypatch, solver, iteration):
@@ -354,12 +354,12 @@ def test_keyboard_interrupt_returns_a_usable_partial_model(tmp_path, resume_data
                 if iteration == 6:
                     raise KeyboardInterrupt
             if "callback" in fit_params:
-                model.fit(X, ivar, callback=stop)
+                model.fit(X, ivar=ivar, callback=stop)
             else:
-                model.set_params(callback=stop).fit(X, ivar)
+                model.set_params(callback=stop).fit(X, ivar=ivar)
         else:
             _raise_keyboard_interrupt_at(monkeypatch, "nearly", 7)
-            model.fit(X, ivar)
+            model.fit(X, ivar=ivar)
     assert model.interrupted_ is True
     assert 1 <= model.n_iter_ < 50
     if "callback" in fit_params:
@@ -369,10 +369,10 @@ def test_keyboard_interrupt_returns_a_usable_partial_model(tmp_path, resume_data
     assert model.templates_.shape == (3, X.shape[1]) and np.all(model.templates_ >= 0)
     assert np.all(np.isfinite(model.coefficients_))
     assert model.chi2_.shape == (model.n_iter_ + 1,) and model.chi2_[-1] < model.chi2_[0]
-    assert model.transform(X, ivar).shape == (X.shape[0], 3)
+    assert model.transform(X, ivar=ivar).shape == (X.shape[0], 3)
     # the partial model is the last complete iterate of the uninterrupted fit
     monkeypatch.undo()
-    same = SpectralNMF(3, max_iter=model.n_iter_, tol=0, random_state=0).fit(X, ivar)
+    same = SpectralNMF(3, max_iter=model.n_iter_, tol=0, random_state=0).fit(X, ivar=ivar)
     np.testing.assert_array_equal(model.templates_, same.templates_)
     # (the last chi^2 may come from another, equivalent formula: rounding only)
     np.testing.assert_allclose(model.chi2_, same.chi2_, rtol=1e-12)

@@ -23,7 +23,7 @@ SUBCOMMANDS = ["fit", "transform", "plot", "info", "cv", "demo"]
 def spectra_file(tmp_path):
     X, ivar, _ = make_toy(n=24, d=18, k=2, seed=11)
     path = tmp_path / "spectra.fits"
-    sio.write_spectra(path, X, ivar, wavelength=np.linspace(4000.0, 5000.0, 18),
+    sio.write_spectra(path, X, ivar=ivar, wavelength=np.linspace(4000.0, 5000.0, 18),
                       meta={"OBJECT": "toy field"})
     return path
 
@@ -84,10 +84,10 @@ def test_fit_transform_info_plot_pipeline(tmp_path, spectra_file, capsys):
 
     s = sio.read_spectra(spectra_file)
     with fits.open(coeffs) as hdul:
-        assert np.allclose(hdul["COEFFICIENTS"].data, model.transform(s.flux, s.ivar))
+        assert np.allclose(hdul["COEFFICIENTS"].data, model.transform(s.flux, ivar=s.ivar))
         assert np.allclose(hdul["CHI2"].data,
-                           specnmf.chi2_per_spectrum(s.flux, s.ivar, hdul["COEFFICIENTS"].data,
-                                                     model.templates_))
+                           specnmf.chi2_per_spectrum(s.flux, hdul["COEFFICIENTS"].data,
+                                                     model.templates_, ivar=s.ivar))
 
     code, out, err = run(capsys, "info", model_path)
     assert code == 0, err
@@ -119,7 +119,7 @@ def test_fit_streamed_from_disk_matches_the_in_memory_fit(tmp_path, capsys, name
     if name.endswith("h5"):
         pytest.importorskip("h5py")
     X, ivar, _ = make_toy(n=40, d=16, k=2, seed=12)
-    sio.write_spectra(tmp_path / name, X, ivar)
+    sio.write_spectra(tmp_path / name, X, ivar=ivar)
     common = ["-k", 2, "--max-iter", 30, "--tol", 0, "--random-state", 1, "--block-size", 8, "-q"]
     assert run(capsys, "fit", tmp_path / name, "--memmap", "-o", tmp_path / "a.npz", *common)[0] == 0
     assert run(capsys, "fit", tmp_path / name, "-o", tmp_path / "b.npz", *common)[0] == 0

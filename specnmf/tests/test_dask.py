@@ -239,8 +239,8 @@ def _fit_pair(solver, X, ivar, Xd, ivard, max_iter=15):
         pytest.skip(f"solver {solver!r} not available yet")
     C0, T0 = _same_start(X)
     params = dict(solver=solver, max_iter=max_iter, tol=0, random_state=0)
-    ref = SpectralNMF(3, **params).fit(X, ivar, templates=T0, coefficients=C0)
-    got = SpectralNMF(3, **params).fit(Xd, ivard, templates=T0, coefficients=C0)
+    ref = SpectralNMF(3, **params).fit(X, ivar=ivar, templates=T0, coefficients=C0)
+    got = SpectralNMF(3, **params).fit(Xd, ivar=ivard, templates=T0, coefficients=C0)
     return ref, got
 
 
@@ -253,8 +253,8 @@ def test_fit_of_dask_arrays_equals_in_memory_fit_threaded(data, solver):
         ref, got = _fit_pair(solver, X, ivar, Xd, ivard)
     assert got.n_iter_ == ref.n_iter_ == 15
     np.testing.assert_allclose(got.chi2_, ref.chi2_, rtol=1e-6)
-    assert chi2(X, ivar, got.coefficients_, got.templates_) == pytest.approx(
-        chi2(X, ivar, ref.coefficients_, ref.templates_), rel=1e-6)
+    assert chi2(X, got.coefficients_, got.templates_, ivar=ivar) == pytest.approx(
+        chi2(X, ref.coefficients_, ref.templates_, ivar=ivar), rel=1e-6)
 
 
 @needs_engine_estimator
@@ -268,5 +268,5 @@ def test_fit_of_dask_arrays_equals_in_memory_fit_on_a_cluster(data, client, solv
         ref, got = _fit_pair(solver, X, ivar, Xd, ivard, max_iter=6)
     assert got.n_iter_ == 6
     np.testing.assert_allclose(got.chi2_, ref.chi2_, rtol=1e-6)
-    assert chi2(X, ivar, got.coefficients_, got.templates_) == pytest.approx(
-        chi2(X, ivar, ref.coefficients_, ref.templates_), rel=1e-6)
+    assert chi2(X, got.coefficients_, got.templates_, ivar=ivar) == pytest.approx(
+        chi2(X, ref.coefficients_, ref.templates_, ivar=ivar), rel=1e-6)

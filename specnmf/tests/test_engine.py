@@ -46,14 +46,14 @@ def test_cropped_fit_equals_the_uncropped_fit(solver, tmp_path):
     kw = dict(solver=solver, max_iter=15, tol=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cropped = SpectralNMF(3, **kw).fit(X, ivar, templates=T0, coefficients=C0)
+        cropped = SpectralNMF(3, **kw).fit(X, ivar=ivar, templates=T0, coefficients=C0)
         # the same data from disk are streamed in natural order, uncropped
         np.save(tmp_path / "X.npy", np.where(ivar > 0, X, 0.0))
         np.save(tmp_path / "ivar.npy", ivar)
         Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
         im = np.load(tmp_path / "ivar.npy", mmap_mode="r")
         assert isinstance(make_engine(Xm, im, dtype="float64"), Streamed)
-        plain = SpectralNMF(3, block_size=300, **kw).fit(Xm, im, templates=T0, coefficients=C0)
+        plain = SpectralNMF(3, block_size=300, **kw).fit(Xm, ivar=im, templates=T0, coefficients=C0)
     # only the summation order differs
     if solver in ("nearly", "shift", "clip"):
         np.testing.assert_allclose(cropped.chi2_, plain.chi2_, rtol=1e-10)

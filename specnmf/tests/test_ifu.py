@@ -53,7 +53,7 @@ def test_negative_flux_kept_and_caller_arrays_untouched():
     mask = np.zeros(cube.shape, dtype=bool)
     mask[1, 2, 3] = True
     before = cube.copy(), ivar.copy(), mask.copy()
-    X, w, _ = cube_to_matrix(cube, ivar, mask)
+    X, w, _ = cube_to_matrix(cube, ivar=ivar, mask=mask)
     assert np.array_equal(cube, before[0], equal_nan=True)
     assert np.array_equal(ivar, before[1]) and np.array_equal(mask, before[2])
     assert X.min() < 0
@@ -68,7 +68,7 @@ def test_nan_flux_and_mask_give_zero_ivar():
     cube[0, 2, 5] = np.inf
     mask = np.zeros(cube.shape, dtype=np.int16)
     mask[2, 0, 0] = 4   # any non-zero bit is bad, even where ivar > 0
-    X, w, _ = cube_to_matrix(cube, ivar, mask)
+    X, w, _ = cube_to_matrix(cube, ivar=ivar, mask=mask)
     assert np.all(np.isfinite(X))
     assert w[1 * 3 + 1, 2] == 0 and X[1 * 3 + 1, 2] == 0
     assert w[0 * 3 + 2, 5] == 0
@@ -122,10 +122,10 @@ def test_maps_accept_a_fitted_model():
 @pytest.mark.parametrize("call, name", [
     (lambda: cube_to_matrix(np.ones((3, 4))), "cube"),
     (lambda: cube_to_matrix(np.ones((2, 3, 4, 5))), "cube"),
-    (lambda: cube_to_matrix(np.ones((2, 3, 4)), np.ones((2, 3, 5))), "ivar"),
+    (lambda: cube_to_matrix(np.ones((2, 3, 4)), ivar=np.ones((2, 3, 5))), "ivar"),
     (lambda: cube_to_matrix(np.ones((2, 3, 4)), mask=np.zeros((3, 2, 4))), "mask"),
-    (lambda: cube_to_matrix(np.ones((2, 3, 4)), -np.ones((2, 3, 4))), "ivar"),
-    (lambda: cube_to_matrix(np.ones((2, 3, 4)), np.full((2, 3, 4), np.nan)), "ivar"),
+    (lambda: cube_to_matrix(np.ones((2, 3, 4)), ivar=-np.ones((2, 3, 4))), "ivar"),
+    (lambda: cube_to_matrix(np.ones((2, 3, 4)), ivar=np.full((2, 3, 4), np.nan)), "ivar"),
     (lambda: cube_to_matrix(np.ones((2, 3, 4)), wave_axis=1), "wave_axis"),
     (lambda: matrix_to_cube(np.ones((5, 4)), (2, 3)), "M"),
     (lambda: matrix_to_cube(np.ones((6, 4)), (2, -3)), "spatial_shape"),
@@ -166,7 +166,7 @@ def test_fit_cube_passes_spatial_shape_and_wavelength():
 def test_fit_cube_recovers_the_simulated_maps():
     sim = make_ifu_cube(8, 8, 60, snr=20.0, random_state=0)
     model = SpectralNMF(3, solver="nearly", init="nndsvda", max_iter=300, random_state=0)
-    fit_cube(model, sim.cube, sim.ivar, wavelength=sim.wavelength)
+    fit_cube(model, sim.cube, ivar=sim.ivar, wavelength=sim.wavelength)
     maps = coefficient_maps(model, (8, 8))
     # each true map is matched by one fitted map (correlation across spaxels)
     true = sim.maps.reshape(-1, 3)
@@ -306,7 +306,7 @@ def test_cube_header_travels_to_the_saved_model(tmp_path):
     header["CTYPE1"], header["CTYPE2"], header["CTYPE3"] = "RA---TAN", "DEC--TAN", "WAVE"
     header["CRVAL3"], header["CDELT3"], header["CRPIX3"], header["CUNIT3"] = 5000.0, 2.0, 1.0, "Angstrom"
     model = fit_cube(SpectralNMF(2, solver="anls", max_iter=5, tol=0, random_state=0),
-                     sim.cube, sim.ivar, header=header)
+                     sim.cube, ivar=sim.ivar, header=header)
     np.testing.assert_allclose(model.wavelength_, 5000.0 + 2.0 * np.arange(40))
     model.save(tmp_path / "m.fits")
     back = load(tmp_path / "m.fits")

@@ -43,7 +43,7 @@ def test_spectra_round_trip_with_mask_winning_over_ivar(tmp_path, arrays, name, 
         pytest.importorskip("h5py")
     flux, ivar, mask, wavelength = arrays
     path = tmp_path / name
-    sio.write_spectra(path, flux, ivar, wavelength, mask, layout=layout)
+    sio.write_spectra(path, flux, ivar=ivar, wavelength=wavelength, mask=mask, layout=layout)
     s = sio.read_spectra(path)
     assert np.array_equal(s.flux, flux)
     assert np.array_equal(s.ivar, _expected_ivar(ivar, mask))
@@ -75,7 +75,7 @@ def test_missing_ivar_gives_unit_weights_a_warning_and_zero_weight_for_nan(tmp_p
     assert np.array_equal(s.ivar, [[1, 0, 1], [1, 1, 0]])
     assert "no IVAR" in caplog.text and "2 non-finite" in caplog.text
     # the result is directly usable: NaN only where ivar == 0
-    specnmf.chi2(s.flux, s.ivar, np.ones((2, 1)), np.ones((1, 3)))
+    specnmf.chi2(s.flux, np.ones((2, 1)), np.ones((1, 3)), ivar=s.ivar)
 
 
 def test_mask_without_ivar_still_masks(tmp_path, arrays):
@@ -97,7 +97,7 @@ def test_npz_accepts_X_for_flux_and_reads_without_pickle(tmp_path, arrays):
 
 def test_fits_header_is_carried_in_meta(tmp_path, arrays):
     flux, ivar = arrays[:2]
-    sio.write_spectra(tmp_path / "s.fits", flux, ivar, meta={"OBJECT": "NGC 1275", "EXPTIME": 900.0})
+    sio.write_spectra(tmp_path / "s.fits", flux, ivar=ivar, meta={"OBJECT": "NGC 1275", "EXPTIME": 900.0})
     meta = sio.read_spectra(tmp_path / "s.fits").meta
     assert meta["OBJECT"] == "NGC 1275" and meta["EXPTIME"] == 900.0
     assert "NAXIS" not in meta and "BITPIX" not in meta
@@ -147,7 +147,7 @@ def test_memmap_gives_lazy_arrays_with_the_same_values(tmp_path, arrays, name):
         sio.write_spectra(tmp_path / name, flux)
         ivar, mask = np.ones_like(flux), np.zeros_like(mask)
     else:
-        sio.write_spectra(tmp_path / name, flux, ivar, wavelength, mask)
+        sio.write_spectra(tmp_path / name, flux, ivar=ivar, wavelength=wavelength, mask=mask)
     s = sio.read_spectra(tmp_path / name, memmap=True)
     assert not (type(s.flux) is np.ndarray and s.flux.base is None)  # not a loaded copy
     engine = pytest.importorskip("specnmf.engine")
@@ -200,7 +200,7 @@ def test_write_spectra_refuses_to_overwrite(tmp_path, arrays):
 @pytest.fixture(scope="module")
 def fitted():
     X, ivar, _ = make_toy(n=30, d=20, k=2, seed=5)
-    model = SpectralNMF(2, random_state=0, max_iter=40, tol=0).fit(X, ivar)
+    model = SpectralNMF(2, random_state=0, max_iter=40, tol=0).fit(X, ivar=ivar)
     model.wavelength_ = np.linspace(5000.0, 6000.0, X.shape[1])
     model.meta_ = {"OBJECT": "toy", "EXPTIME": 1200.0}
     return model, X, ivar
@@ -217,7 +217,7 @@ def _check_same_model(loaded, model, X, ivar):
     assert loaded.n_iter_ == model.n_iter_ and loaded.converged_ == model.converged_
     assert loaded.n_features_in_ == model.n_features_in_
     # the point of saving: the loaded model gives exactly the same coefficients
-    assert np.array_equal(loaded.transform(X, ivar), model.transform(X, ivar))
+    assert np.array_equal(loaded.transform(X, ivar=ivar), model.transform(X, ivar=ivar))
 
 
 @pytest.mark.parametrize("name", ["model.fits", "model.npz"])
@@ -233,11 +233,11 @@ def test_model_round_trip_gives_identical_transform(tmp_path, fitted, name):
 
 def test_float32_model_round_trip(tmp_path):
     X, ivar, _ = make_toy(n=20, d=15, k=2, seed=1)
-    model = SpectralNMF(2, dtype="float32", random_state=1, max_iter=20, tol=0).fit(X, ivar)
+    model = SpectralNMF(2, dtype="float32", random_state=1, max_iter=20, tol=0).fit(X, ivar=ivar)
     sio.save_model(model, tmp_path / "m.fits")
     loaded = sio.load_model(tmp_path / "m.fits")
     assert loaded.templates_.dtype == np.float32
-    assert np.array_equal(loaded.transform(X, ivar), model.transform(X, ivar))
+    assert np.array_equal(loaded.transform(X, ivar=ivar), model.transform(X, ivar=ivar))
 
 
 def test_fits_model_is_readable_by_astropy_alone(tmp_path, fitted):
@@ -266,13 +266,13 @@ def test_npz_model_loads_without_pickle(tmp_path, fitted):
 
 def test_unserialisable_parameter_is_skipped_with_a_warning(tmp_path, caplog):
     X, ivar, _ = make_toy(n=12, d=10, k=2, seed=2)
-    model = SpectralNMF(2, random_state=np.random.default_rng(0), max_iter=5, tol=0).fit(X, ivar)
+    model = SpectralNMF(2, random_state=np.random.default_rng(0), max_iter=5, tol=0).fit(X, ivar=ivar)
     with caplog.at_level(logging.WARNING, logger="specnmf"):
         sio.save_model(model, tmp_path / "m.npz")
     assert "random_state" in caplog.text
     loaded = sio.load_model(tmp_path / "m.npz")
     assert loaded.random_state is None
-    assert np.array_equal(loaded.transform(X, ivar), model.transform(X, ivar))
+    assert np.array_equal(loaded.transform(X, ivar=ivar), model.transform(X, ivar=ivar))
 
 
 def test_save_refuses_unfitted_models_and_existing_files(tmp_path, fitted):
@@ -351,7 +351,7 @@ def test_unknown_saved_parameter_is_dropped_with_a_warning(tmp_path, fitted, cap
     with caplog.at_level(logging.WARNING, logger="specnmf"):
         loaded = sio.load_model(tmp_path / "future.npz")
     assert "future_option" in caplog.text
-    assert np.array_equal(loaded.transform(X, ivar), model.transform(X, ivar))
+    assert np.array_equal(loaded.transform(X, ivar=ivar), model.transform(X, ivar=ivar))
 
 
 # -- the estimator's own names (added by the integrator) -------------------------------
@@ -382,4 +382,4 @@ def test_model_from_templates_round_trip(tmp_path, name):
     loaded = sio.load_model(tmp_path / name)
     assert np.array_equal(loaded.templates_, model.templates_)
     assert np.array_equal(loaded.wavelength_, wavelength)
-    assert np.array_equal(loaded.transform(X, ivar), model.transform(X, ivar))
+    assert np.array_equal(loaded.transform(X, ivar=ivar), model.transform(X, ivar=ivar))

@@ -117,12 +117,12 @@ def test_gram_kernel_matches_numpy_and_checks_the_data(q, d):
 def test_fit_is_the_same_without_numba(monkeypatch, solver):
     X, ivar, C, T = _problem(300, 70, 3, seed=5)
     kw = dict(solver=solver, max_iter=30, tol=0, smoothness=0.1)
-    fused = SpectralNMF(3, **kw).fit(X, ivar, templates=T, coefficients=C)
+    fused = SpectralNMF(3, **kw).fit(X, ivar=ivar, templates=T, coefficients=C)
     monkeypatch.setenv("SPECNMF_DISABLE_NUMBA", "1")
-    plain = SpectralNMF(3, **kw).fit(X, ivar, templates=T, coefficients=C)
+    plain = SpectralNMF(3, **kw).fit(X, ivar=ivar, templates=T, coefficients=C)
     np.testing.assert_allclose(fused.chi2_, plain.chi2_, rtol=1e-10)
     np.testing.assert_allclose(fused.templates_, plain.templates_, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(fused.transform(X, ivar), plain.transform(X, ivar),
+    np.testing.assert_allclose(fused.transform(X, ivar=ivar), plain.transform(X, ivar=ivar),
                                rtol=1e-8, atol=1e-12)
 
 
@@ -130,8 +130,8 @@ def test_float32_kernel_tracks_float64():
     X, ivar, C, T = _problem(500, 90, 4, seed=8)
     kw = dict(max_iter=50, tol=0)
     m64, spread = start_sensitivity(
-        lambda C0, T0: SpectralNMF(4, **kw).fit(X, ivar, templates=T0, coefficients=C0), C, T)
-    m32 = SpectralNMF(4, dtype="float32", **kw).fit(X, ivar, templates=T, coefficients=C)
+        lambda C0, T0: SpectralNMF(4, **kw).fit(X, ivar=ivar, templates=T0, coefficients=C0), C, T)
+    m32 = SpectralNMF(4, dtype="float32", **kw).fit(X, ivar=ivar, templates=T, coefficients=C)
     assert m32.templates_.dtype == np.float32
     # monotone up to float32 rounding of the objective
     assert np.all(np.diff(m32.chi2_) <= 10 * EPS32 * m32.chi2_[:-1])
@@ -144,11 +144,11 @@ def test_transform_reports_bad_data_like_the_validated_path():
     bad = ivar.copy()
     bad[3, 4] = -1
     with pytest.raises(ValueError, match="ivar must be >= 0"):
-        model.transform(X, bad)
+        model.transform(X, ivar=bad)
     bad = X.copy()
     bad[np.argwhere(ivar > 0)[0][0], np.argwhere(ivar > 0)[0][1]] = np.nan
     with pytest.raises(ValueError, match="NaN/inf"):
-        model.transform(bad, ivar)
+        model.transform(bad, ivar=ivar)
 
 
 def test_fused_form_needs_numba(monkeypatch):
@@ -233,16 +233,16 @@ def test_generated_kernels_match_their_generators():
 def test_transform_of_any_layout_and_dtype_is_the_same():
     X, ivar, C, T = _problem(300, 50, 3, seed=9)
     model = SpectralNMF.from_templates(T)
-    ref = model.transform(X, ivar)
+    ref = model.transform(X, ivar=ivar)
     # Fortran order takes the numpy solvers: the same minimiser, to rounding
-    np.testing.assert_allclose(model.transform(np.asfortranarray(X), ivar), ref,
+    np.testing.assert_allclose(model.transform(np.asfortranarray(X), ivar=ivar), ref,
                                rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(model.transform(X, ivar.astype(np.float32)), ref,
+    np.testing.assert_allclose(model.transform(X, ivar=ivar.astype(np.float32)), ref,
                                rtol=1e-5, atol=1e-7)
     X32, iv32 = X.astype(np.float32), ivar.astype(np.float32)
-    np.testing.assert_allclose(model.transform(X32, iv32), model.transform(
-        X32.astype(np.float64), iv32.astype(np.float64)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.transform(X32, ivar=iv32), model.transform(
+        X32.astype(np.float64), ivar=iv32.astype(np.float64)), rtol=1e-10, atol=1e-12)
     # the caller's arrays are left alone
     X_copy = X.copy()
-    model.transform(X, ivar)
+    model.transform(X, ivar=ivar)
     assert np.array_equal(X, X_copy)

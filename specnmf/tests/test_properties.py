@@ -36,7 +36,7 @@ def _fit(solver, X, ivar, C0, T0, max_iter=25, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")       # zero-weight rows/pixels are legal here
         return SpectralNMF(C0.shape[1], solver=solver, max_iter=max_iter, tol=0, **kw).fit(
-            X, ivar, templates=T0, coefficients=C0)
+            X, ivar=ivar, templates=T0, coefficients=C0)
 
 
 def _assert_non_increasing(values):
@@ -67,7 +67,7 @@ def test_recorded_chi2_is_the_objective_of_the_data(solver, problem):
     # the history ends at the chi^2 of the returned factors (one objective)
     X, ivar = problem[0], problem[1]
     model = _fit(solver, *problem)
-    expected = chi2(X, ivar, model.coefficients_, model.templates_)
+    expected = chi2(X, model.coefficients_, model.templates_, ivar=ivar)
     assert model.chi2_[-1] == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
@@ -128,8 +128,8 @@ def test_float32_and_float64_agree(solver):
 
     X, ivar, _ = make_toy(seed=3)
     kw = dict(solver=solver, max_iter=50, tol=0, random_state=1)
-    m64 = SpectralNMF(3, dtype="float64", **kw).fit(X, ivar)
-    m32 = SpectralNMF(3, dtype="float32", **kw).fit(X, ivar)
+    m64 = SpectralNMF(3, dtype="float64", **kw).fit(X, ivar=ivar)
+    m32 = SpectralNMF(3, dtype="float32", **kw).fit(X, ivar=ivar)
     assert m32.templates_.dtype == np.float32 and m64.templates_.dtype == np.float64
     assert m32.coefficients_.dtype == np.float32
     np.testing.assert_allclose(m32.chi2_, m64.chi2_, rtol=1e-3)

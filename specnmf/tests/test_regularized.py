@@ -51,7 +51,7 @@ def _fit(X, ivar, solver, **params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # ConvergenceWarning at max_iter is fine here
         return SpectralNMF(3, solver=solver, max_iter=500, tol=1e-6, random_state=0,
-                           **params).fit(X, ivar)
+                           **params).fit(X, ivar=ivar)
 
 
 @needs_penalties
@@ -79,7 +79,7 @@ def test_spatial_and_sparsity_fits_never_increase_the_objective(solver):
         warnings.simplefilter("ignore")
         model = SpectralNMF(3, solver=solver, max_iter=40, tol=0, random_state=0,
                             spatial=0.5, sparsity=0.1, smoothness=0.5).fit(
-            X, ivar, spatial_shape=(4, 6))
+            X, ivar=ivar, spatial_shape=(4, 6))
     _assert_non_increasing(model.objective_)
     for name in ("chi2", "smoothness", "sparsity", "spatial"):
         assert len(model.history_[name]) == model.n_iter_ + 1
@@ -90,18 +90,18 @@ def test_spatial_and_sparsity_fits_never_increase_the_objective(solver):
 def test_negative_penalty_is_rejected_naming_it(name):
     X, ivar, _ = smooth_problem(n=12, d=20)
     with pytest.raises(ValueError, match=name):
-        SpectralNMF(2, **{name: -1.0}).fit(X, ivar, spatial_shape=(3, 4))
+        SpectralNMF(2, **{name: -1.0}).fit(X, ivar=ivar, spatial_shape=(3, 4))
 
 
 @needs_penalties
 def test_spatial_without_shape_is_rejected():
     X, ivar, _ = smooth_problem(n=12, d=20)
     with pytest.raises(ValueError, match="spatial_shape"):
-        SpectralNMF(2, spatial=1.0).fit(X, ivar)
+        SpectralNMF(2, spatial=1.0).fit(X, ivar=ivar)
 
 
 @needs_penalties
 def test_spatial_shape_must_match_the_number_of_spectra():
     X, ivar, _ = smooth_problem(n=12, d=20)
     with pytest.raises(ValueError, match=r"spatial_shape.*12"):
-        SpectralNMF(2, spatial=1.0).fit(X, ivar, spatial_shape=(3, 5))
+        SpectralNMF(2, spatial=1.0).fit(X, ivar=ivar, spatial_shape=(3, 5))

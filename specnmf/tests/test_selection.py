@@ -41,7 +41,7 @@ def rank4():
     assert np.mean(X[observed] < 0) > 0.05  # signed data, not clipped
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        sel = select_n_components(X, ivar, candidates=range(1, 7), random_state=0, **FAST)
+        sel = select_n_components(X, ivar=ivar, candidates=range(1, 7), random_state=0, **FAST)
     return X, ivar, sel
 
 
@@ -82,8 +82,8 @@ def test_callers_arrays_are_not_modified_and_results_are_reproducible():
     kw = dict(candidates=[1, 2, 3], random_state=7, **FAST)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        a = select_n_components(X, ivar, **kw)
-        b = select_n_components(X, ivar, **kw)
+        a = select_n_components(X, ivar=ivar, **kw)
+        b = select_n_components(X, ivar=ivar, **kw)
     assert np.array_equal(X, X0, equal_nan=True) and np.array_equal(ivar, ivar0)
     assert np.array_equal(a.scores_, b.scores_) and a.best_ == b.best_
 
@@ -92,7 +92,7 @@ def test_keep_models_and_min_rule():
     X, ivar = simulate(n=30, d=24, k=2, seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        sel = select_n_components(X, ivar, candidates=[3, 1, 2], random_state=0, rule="min",
+        sel = select_n_components(X, ivar=ivar, candidates=[3, 1, 2], random_state=0, rule="min",
                                   keep_models=True, **FAST)
     assert list(sel.candidates_) == [1, 2, 3]
     assert sel.best_ == sel.candidates_[np.argmin(sel.scores_)]

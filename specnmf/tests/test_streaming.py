@@ -177,7 +177,7 @@ def _fit(X, ivar, solver, block_size=None, start=None, **params):
         pytest.skip(f"solver {solver!r} not available yet")
     C0, T0 = _start() if start is None else start
     model = SpectralNMF(K, solver=solver, max_iter=15, tol=0, block_size=block_size, **params)
-    return model.fit(X, ivar, templates=T0, coefficients=C0)
+    return model.fit(X, ivar=ivar, templates=T0, coefficients=C0)
 
 
 @needs_engine_estimator
@@ -195,7 +195,7 @@ def test_streamed_fit_equals_in_memory_fit(files, toy, fmt, solver):
     # many blocks: only the summation order of the statistics differs
     rtol = 1e-10 if solver in MULTIPLICATIVE else 1e-7
     np.testing.assert_allclose(many_blocks.chi2_, ref.chi2_, rtol=rtol)
-    assert chi2(X, ivar, many_blocks.coefficients_, many_blocks.templates_) == pytest.approx(
+    assert chi2(X, many_blocks.coefficients_, many_blocks.templates_, ivar=ivar) == pytest.approx(
         ref.chi2_[-1], rel=rtol)
 
 

@@ -27,20 +27,20 @@ def _quiet(model, *args, **kw):
 def test_n_init_keeps_the_best_restart(data):
     X, ivar = data
     kw = dict(solver="nearly", max_iter=30, tol=0)
-    best = _quiet(SpectralNMF(3, n_init=4, random_state=3, **kw), X, ivar)
+    best = _quiet(SpectralNMF(3, n_init=4, random_state=3, **kw), X, ivar=ivar)
     # the restarts draw their starts from one generator seeded with random_state
     rng = np.random.default_rng(3)
-    singles = [_quiet(SpectralNMF(3, random_state=rng, **kw), X, ivar).objective_[-1]
+    singles = [_quiet(SpectralNMF(3, random_state=rng, **kw), X, ivar=ivar).objective_[-1]
                for _ in range(4)]
     assert best.objective_[-1] == pytest.approx(min(singles), rel=1e-12)
-    again = _quiet(SpectralNMF(3, n_init=4, random_state=3, **kw), X, ivar)
+    again = _quiet(SpectralNMF(3, n_init=4, random_state=3, **kw), X, ivar=ivar)
     np.testing.assert_array_equal(best.templates_, again.templates_)
 
 
 def test_patience_needs_consecutive_small_decreases(data):
     X, ivar = data
-    one = SpectralNMF(3, solver="anls", tol=1e-4, patience=1, random_state=0, max_iter=500).fit(X, ivar)
-    five = SpectralNMF(3, solver="anls", tol=1e-4, patience=5, random_state=0, max_iter=500).fit(X, ivar)
+    one = SpectralNMF(3, solver="anls", tol=1e-4, patience=1, random_state=0, max_iter=500).fit(X, ivar=ivar)
+    five = SpectralNMF(3, solver="anls", tol=1e-4, patience=5, random_state=0, max_iter=500).fit(X, ivar=ivar)
     assert one.converged_ and five.converged_
     assert five.n_iter_ >= one.n_iter_ + 4
     rel = -np.diff(five.objective_) / five.objective_[:-1]
@@ -50,24 +50,24 @@ def test_patience_needs_consecutive_small_decreases(data):
 def test_history_holds_chi2_and_each_penalty(data):
     X, ivar = data
     model = _quiet(SpectralNMF(3, solver="apg", smoothness=0.5, sparsity=0.1, max_iter=20, tol=0,
-                               random_state=0), X, ivar)
+                               random_state=0), X, ivar=ivar)
     assert set(model.history_) == {"chi2", "smoothness", "sparsity"}
     total = model.history_["chi2"] + model.history_["smoothness"] + model.history_["sparsity"]
     np.testing.assert_allclose(model.objective_, total, rtol=1e-12)
-    assert model.chi2_[-1] == pytest.approx(chi2(X, ivar, model.coefficients_, model.templates_), rel=1e-9)
+    assert model.chi2_[-1] == pytest.approx(chi2(X, model.coefficients_, model.templates_, ivar=ivar), rel=1e-9)
 
 
 def test_residuals_and_component_reconstructions(data):
     X, ivar = data
-    model = _quiet(SpectralNMF(3, solver="anls", max_iter=30, random_state=0), X, ivar)
+    model = _quiet(SpectralNMF(3, solver="anls", max_iter=30, random_state=0), X, ivar=ivar)
     parts = model.component_reconstructions()
     assert parts.shape == (3, *X.shape)
     np.testing.assert_allclose(parts.sum(axis=0), model.inverse_transform(model.coefficients_))
-    r = model.residuals(X, ivar, coefficients=model.coefficients_)
+    r = model.residuals(X, ivar=ivar, coefficients=model.coefficients_)
     assert np.all(r[ivar == 0] == 0)
     observed = ivar > 0
     np.testing.assert_allclose(r[observed], (X - model.coefficients_ @ model.templates_)[observed])
-    pulls = model.residuals(X, ivar, coefficients=model.coefficients_, normalized=True)
+    pulls = model.residuals(X, ivar=ivar, coefficients=model.coefficients_, normalized=True)
     assert np.sum(pulls**2) == pytest.approx(model.chi2_[-1], rel=1e-9)
 
 
@@ -76,7 +76,7 @@ def test_summary_and_repr_are_readable(data):
     model = SpectralNMF(3, solver="anls", smoothness=0.5, random_state=0)
     assert "not fitted" in model.summary()
     assert repr(model) == "SpectralNMF(n_components=3, random_state=0, smoothness=0.5, solver='anls')"
-    _quiet(model, X, ivar, wavelength=np.linspace(4000, 5000, X.shape[1]))
+    _quiet(model, X, ivar=ivar, wavelength=np.linspace(4000, 5000, X.shape[1]))
     text = model.summary()
     assert "3 x 40 pixels" in text and "4000" in text and "smoothness penalty" in text
     assert f"{model.n_iter_} iterations" in text
@@ -86,7 +86,7 @@ def test_summary_and_repr_are_readable(data):
 def test_sequential_start_grows_one_template_at_a_time(data, solver):
     X, ivar = data
     model = _quiet(SpectralNMF(3, solver=solver, init="sequential", sequential_iter=10,
-                               max_iter=40, random_state=0), X, ivar)
+                               max_iter=40, random_state=0), X, ivar=ivar)
     assert np.all(model.templates_ >= 0) and np.isfinite(model.chi2_).all()
     # the first template explains the most: largest mean contribution
     contrib = model.coefficients_.mean(axis=0) * model.templates_.sum(axis=1)
@@ -96,22 +96,22 @@ def test_sequential_start_grows_one_template_at_a_time(data, solver):
 def test_transform_with_penalties_is_the_penalised_minimum(data):
     # with fixed templates, prediction minimises chi^2 + the coefficient penalties
     X, ivar = data
-    model = _quiet(SpectralNMF(3, solver="anls", sparsity=2.0, max_iter=50, random_state=0), X, ivar)
+    model = _quiet(SpectralNMF(3, solver="anls", sparsity=2.0, max_iter=50, random_state=0), X, ivar=ivar)
     from specnmf.penalties import make_penalties
 
     pen = make_penalties(sparsity=2.0, ivar_scale=model.ivar_scale_)
-    coef = model.transform(X, ivar)
+    coef = model.transform(X, ivar=ivar)
     T = model.templates_
 
     def objective(C):
-        return chi2(X, ivar, C, T) + sum(p.value(C, T, np) for p in pen)
+        return chi2(X, C, T, ivar=ivar) + sum(p.value(C, T, np) for p in pen)
 
     best = objective(coef)
     rng = np.random.default_rng(0)
     for _ in range(20):
         trial = np.clip(coef + rng.normal(scale=0.01, size=coef.shape), 0, None)
         assert objective(trial) >= best - 1e-9 * best
-    plain = SpectralNMF.from_templates(T).transform(X, ivar)
+    plain = SpectralNMF.from_templates(T).transform(X, ivar=ivar)
     assert coef.sum() < plain.sum()          # the L1 penalty shrinks the coefficients
 
 
