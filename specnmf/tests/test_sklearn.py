@@ -23,8 +23,9 @@ SOLVERS = ["nearly", "shift", "clip", "anls", "apg"]
 @pytest.mark.slow
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_check_estimator_passes(solver):
-    # every check passes; the only one not run is scikit-learn's array-API input
-    # check, which it skips unless SCIPY_ARRAY_API=1 is set before scipy is imported
+    # every check passes, with no expected failures; the only one not run here is
+    # the array-API input check, which scikit-learn skips unless SCIPY_ARRAY_API=1
+    # was set before scipy was imported (run by the test below)
     results = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -134,3 +135,29 @@ def test_grid_search_over_n_components_by_held_out_chi2(routing):
     assert scores[0] < scores[1] < scores[2]
     assert search.best_params_ == {"n_components": 3}
     assert search.best_estimator_.n_features_in_ == X.shape[1]
+
+
+@pytest.mark.slow
+def test_check_estimator_with_array_api_dispatch_runs_every_check():
+    # the array-API input check needs SCIPY_ARRAY_API=1 before scipy is imported:
+    # run the whole suite once that way, in a fresh interpreter
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "from sklearn.utils.estimator_checks import check_estimator\n"
+        "from specnmf import SpectralNMF\n"
+        "res = check_estimator(SpectralNMF(2, solver='anls', random_state=0), on_fail=None,"
+        " on_skip=None)\n"
+        "bad = [(r['check_name'], r['status']) for r in res if r['status'] != 'passed']\n"
+        "print(len(res), bad)\n"
+        "assert not bad\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SCIPY_ARRAY_API": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
