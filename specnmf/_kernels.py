@@ -23,6 +23,7 @@ live in another array namespace.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -33,6 +34,8 @@ try:  # optional accelerator
     import numba
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
+
+logger = logging.getLogger("specnmf")
 
 __all__ = ["available", "MAX_Q", "spans", "mu_pass", "spectrum_grams", "num_threads"]
 
@@ -166,6 +169,37 @@ def _mu_source(q):
     return "\n".join(out)
 
 
+_NO_CACHE = False
+
+
+def _njit(fn, **options):
+    """``numba.njit(nogil=True, boundscheck=False, cache=True, **options)(fn)``.
+
+    The machine code is cached on disk (in ``__pycache__`` beside the source,
+    else numba's user-wide cache, or ``NUMBA_CACHE_DIR``), so that a new
+    process loads it in milliseconds instead of compiling for seconds.  Where
+    no location is writable (a read-only install and no usable home or
+    ``NUMBA_CACHE_DIR``), numba refuses ``cache=True`` when decorating: then
+    the kernels are compiled in every process, which is logged once.
+    """
+    global _NO_CACHE
+    options = {"nogil": True, "boundscheck": False, **options}
+    if not _NO_CACHE:
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError as exc:   # raised when decorating, not when compiling
+            if "cannot cache" not in str(exc):
+                raise
+            _NO_CACHE = True
+            # a warning: the cost (seconds in every process) is invisible
+            # otherwise, and the user can fix it
+            logger.warning("numba cannot cache specnmf's kernels (no writable __pycache__ in %s, "
+                           "user cache directory or NUMBA_CACHE_DIR): they are compiled in every "
+                           "process, which takes seconds; set NUMBA_CACHE_DIR to a writable "
+                           "directory to cache them", os.path.dirname(fn.__code__.co_filename))
+    return numba.njit(**options)(fn)
+
+
 def _jit_kernel(name):
     """The compiled kernel ``name`` of :mod:`specnmf._kernels_generated`.
 
@@ -176,11 +210,7 @@ def _jit_kernel(name):
     """
     from . import _kernels_generated
 
-    fn = getattr(_kernels_generated, name)
-    try:
-        return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False, cache=True)(fn)
-    except RuntimeError:  # no writable cache location: compile in every process
-        return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(fn)
+    return _njit(getattr(_kernels_generated, name), fastmath=_FASTMATH)
 
 
 @lru_cache(maxsize=None)
@@ -447,8 +477,8 @@ _TILE = 64
 
 
 def _jit(fn):
-    """numba.njit when numba is there (the function is only called then)."""
-    return numba.njit(nogil=True, boundscheck=False)(fn) if numba is not None else fn
+    """:func:`_njit` when numba is there (the function is only called then)."""
+    return _njit(fn) if numba is not None else fn
 
 
 @_jit
