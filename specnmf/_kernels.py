@@ -30,10 +30,10 @@ from functools import lru_cache
 
 import numpy as np
 
-try:  # optional accelerator
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
+_UNSET = object()
+#: the numba module (optional accelerator), None where it cannot be imported;
+#: imported by :func:`_numba` on first need, not with specnmf (~0.25 s)
+numba = _UNSET
 
 logger = logging.getLogger("specnmf")
 
@@ -51,14 +51,26 @@ def available() -> bool:
     """Whether the compiled kernels can be used (numba importable and not disabled).
 
     Setting the environment variable ``SPECNMF_DISABLE_NUMBA=1`` forces the
-    numpy/BLAS path (used by the tests to compare the two).
+    numpy/BLAS path (used by the tests to compare the two).  Imports numba.
     """
-    return numba is not None and os.environ.get("SPECNMF_DISABLE_NUMBA", "") in ("", "0")
+    return os.environ.get("SPECNMF_DISABLE_NUMBA", "") in ("", "0") and _numba() is not None
+
+
+def _numba():
+    """The numba module, imported on first call; None if it cannot be imported."""
+    global numba
+    if numba is _UNSET:
+        try:
+            import numba as module
+        except ImportError:  # pragma: no cover - exercised where numba is absent
+            module = None
+        numba = module
+    return numba
 
 
 def num_threads() -> int:
     """Threads for the kernels: numba's setting (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``)."""
-    return max(1, int(numba.get_num_threads())) if numba is not None else 1
+    return max(1, int(_numba().get_num_threads())) if _numba() is not None else 1
 
 
 _POOL = None
@@ -186,7 +198,7 @@ def _njit(fn, **options):
     options = {"nogil": True, "boundscheck": False, **options}
     if not _NO_CACHE:
         try:
-            return numba.njit(cache=True, **options)(fn)
+            return _numba().njit(cache=True, **options)(fn)
         except RuntimeError as exc:   # raised when decorating, not when compiling
             if "cannot cache" not in str(exc):
                 raise
@@ -197,7 +209,7 @@ def _njit(fn, **options):
                            "user cache directory or NUMBA_CACHE_DIR): they are compiled in every "
                            "process, which takes seconds; set NUMBA_CACHE_DIR to a writable "
                            "directory to cache them", os.path.dirname(fn.__code__.co_filename))
-    return numba.njit(**options)(fn)
+    return _numba().njit(**options)(fn)
 
 
 def _jit_kernel(name):
@@ -454,6 +466,9 @@ def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3)
     step = max(CHUNK, -(-n // (4 * (threads or num_threads()))))
     chunks = [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
+    if solve:
+        _compile_helpers()
+
     def work(sl):
         kernel(X[sl], ivar[sl], T, G[sl], b[sl], flags[sl], lo[sl], hi[sl], touched[sl])
         if solve:
@@ -476,9 +491,24 @@ _RETRY = 5
 _TILE = 64
 
 
+_HELPERS = []
+
+
 def _jit(fn):
-    """:func:`_njit` when numba is there (the function is only called then)."""
-    return _njit(fn) if numba is not None else fn
+    """Marks ``fn`` to be compiled by :func:`_compile_helpers` (so that importing
+    this module does not import numba)."""
+    _HELPERS.append(fn.__name__)
+    return fn
+
+
+@lru_cache(maxsize=None)
+def _compile_helpers():
+    """Replace the functions marked by :func:`_jit` with their :func:`_njit`
+    dispatchers, in this module's namespace, where the kernels that call them
+    find them when they are compiled."""
+    namespace = globals()
+    for name in _HELPERS:
+        namespace[name] = _njit(namespace[name])
 
 
 @_jit
