@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,10 +44,20 @@ SOLVERS = ("nearly", "shift", "clip", "anls", "apg")
 
 # run in the child: times import, then a first and a second identical call
 _CHILD = r"""
-import json, sys, time
-t0 = time.perf_counter()
+import json, resource, sys, time
+
+def clock():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), r.ru_utime + r.ru_stime
+
+def since(start):
+    now = clock()
+    return now[0] - start[0], now[1] - start[1]
+
+t0 = clock()
 import specnmf
-t_import = time.perf_counter() - t0
+t_import = since(t0)
+numba_at_import = "numba" in sys.modules
 import numpy as np
 task, data, model_path, max_iter = sys.argv[1:5]
 with np.load(data) as f:
@@ -56,17 +67,18 @@ times = []
 if task == "transform":
     model = specnmf.load(model_path)
     for _ in range(2):
-        t0 = time.perf_counter()
+        t0 = clock()
         model.transform(X, ivar=ivar)
-        times.append(time.perf_counter() - t0)
+        times.append(since(t0))
 else:
     for _ in range(2):
         model = specnmf.SpectralNMF(q, solver=task, max_iter=int(max_iter), tol=0.0,
                                     random_state=0)
-        t0 = time.perf_counter()
+        t0 = clock()
         model.fit(X, ivar=ivar)
-        times.append(time.perf_counter() - t0)
-print(json.dumps({"import": t_import, "first": times[0], "second": times[1]}))
+        times.append(since(t0))
+print(json.dumps({"import": t_import, "first": times[0], "second": times[1],
+                  "numba_at_import": numba_at_import}))
 """
 
 
@@ -86,14 +98,20 @@ def _child(task, data, model_path, max_iter, q, cache_dir):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _cli(model_path, spectra_path, out_path, cache_dir):
+    """Wall and CPU seconds of ``python -m specnmf transform`` (the whole process)."""
     if out_path.exists():
         out_path.unlink()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     subprocess.run([sys.executable, "-m", "specnmf", "transform", str(model_path),
                     str(spectra_path), "-o", str(out_path)],
                    env=_env(cache_dir), cwd=ROOT, capture_output=True, text=True, check=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _children_cpu() - c0
 
 
 def _files(tmp, n, d, q):
@@ -119,49 +137,63 @@ def _files(tmp, n, d, q):
     return data, spectra, model_path
 
 
-def measure(n=500, d=4000, q=5, max_iter=5, solvers=SOLVERS, log=print):
-    """Cold and warm timings of every task; a dict of rows ``{task: {"cold": ..., "warm": ...}}``."""
+def _best(runs):
+    """Per quantity, the run with the least wall time (the least disturbed by other load)."""
+    return {key: min((r[key] for r in runs), key=lambda v: v[0]) if isinstance(runs[0][key], list)
+            else runs[0][key] for key in runs[0]}
+
+
+def measure(n=500, d=4000, q=5, max_iter=5, solvers=SOLVERS, repeat=3, log=print):
+    """Cold and warm timings of every task: ``{task: {"cold": ..., "warm": ...}}``.
+
+    Each value is a dict of (wall, cpu) seconds: "import", "first", "second"
+    (CLI: "total").  Warm: the best of ``repeat`` processes.
+    """
     rows = {}
     with tempfile.TemporaryDirectory(prefix="specnmf-startup-") as tmp:
         tmp = Path(tmp)
         data, spectra, model_path = _files(tmp, n, d, q)
-        tasks = ["transform"] + [s for s in solvers]
-        for task in tasks:
+        for task in ["transform", *solvers, "cli"]:
             cache = tmp / f"cache-{task}"
             cache.mkdir()
-            row = {}
-            for state in ("cold", "warm"):
-                row[state] = _child(task, data, model_path, max_iter, q, cache)
-                log(f"{task:>10} {state}: " + ", ".join(f"{k} {v:.3f} s"
-                                                       for k, v in row[state].items()))
-            rows[task] = row
-        cache = tmp / "cache-cli"
-        cache.mkdir()
-        row = {}
-        for state in ("cold", "warm"):
-            row[state] = {"total": _cli(model_path, spectra, tmp / "c.fits", cache)}
-            log(f"{'CLI':>10} {state}: total {row[state]['total']:.3f} s")
-        rows["cli"] = row
+            runs = []
+            for i in range(1 + repeat):
+                if task == "cli":
+                    runs.append({"total": list(_cli(model_path, spectra, tmp / "c.fits", cache))})
+                else:
+                    runs.append(_child(task, data, model_path, max_iter, q, cache))
+                state = "cold" if i == 0 else "warm"
+                log(f"{task:>10} {state}: " + ", ".join(
+                    f"{k} {v[0]:.3f} s (cpu {v[1]:.3f})" for k, v in runs[-1].items()
+                    if isinstance(v, list)))
+            rows[task] = {"cold": runs[0], "warm": _best(runs[1:])}
     return rows
 
 
-def table(rows, n, d, q, max_iter):
+def _pair(v):
+    return f"{v[0]:.2f} ({v[1]:.2f})"
+
+
+def table(rows, n, d, q, max_iter, repeat):
     lines = [f"Fresh processes, {n} x {d} spectra, k={q}; fit: max_iter={max_iter}, tol=0.  "
-             "Seconds.  *first*/*second*: first and second identical call in one process; "
-             "*overhead* = first - second (compiling or loading kernels).",
+             "Wall seconds (CPU seconds, all threads, in brackets).  *cold*: empty numba cache; "
+             f"*warm*: best of {repeat} later processes.  *first*/*second*: first and second "
+             "identical call in one process; *overhead* = first - second: compiling or "
+             "loading kernels (and importing numba on first use).",
              "",
-             "| task | cache | import | first call | second call | overhead |",
+             "| task | cache | import specnmf | first call | second call | overhead |",
              "|---|---|---:|---:|---:|---:|"]
     for task, row in rows.items():
         for state in ("cold", "warm"):
             r = row[state]
             if task == "cli":
-                lines.append(f"| `specnmf transform` (whole command) | {state} | | "
-                             f"{r['total']:.2f} | | |")
+                lines.append(f"| `python -m specnmf transform` (whole process) | {state} | | "
+                             f"{_pair(r['total'])} | | |")
             else:
                 name = "transform()" if task == "transform" else f"fit(), solver={task!r}"
-                lines.append(f"| {name} | {state} | {r['import']:.2f} | {r['first']:.3f} | "
-                             f"{r['second']:.3f} | {r['first'] - r['second']:.3f} |")
+                over = [a - b for a, b in zip(r["first"], r["second"])]
+                lines.append(f"| {name} | {state} | {_pair(r['import'])} | {_pair(r['first'])} | "
+                             f"{_pair(r['second'])} | {_pair(over)} |")
     return "\n".join(lines)
 
 
@@ -173,12 +205,13 @@ def main(argv=None):
     parser.add_argument("--q", type=int, default=5)
     parser.add_argument("--max-iter", type=int, default=5)
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    parser.add_argument("--repeat", type=int, default=3, help="warm processes per task")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results_startup.md"))
     args = parser.parse_args(argv)
     import numba
 
-    rows = measure(args.n, args.d, args.q, args.max_iter, args.solvers)
-    text = table(rows, args.n, args.d, args.q, args.max_iter)
+    rows = measure(args.n, args.d, args.q, args.max_iter, args.solvers, args.repeat)
+    text = table(rows, args.n, args.d, args.q, args.max_iter, args.repeat)
     head = (f"# Start-up times (`python -m benchmarks.startup`)\n\n"
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python "
             f"{platform.python_version()}, numba {numba.__version__}, {os.cpu_count()} CPUs "

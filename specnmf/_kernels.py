@@ -181,30 +181,31 @@ def _mu_source(q):
     return "\n".join(out)
 
 
-_NO_CACHE = False
+_CACHE_WARNED = False
 
 
 def _njit(fn, **options):
     """``numba.njit(nogil=True, boundscheck=False, cache=True, **options)(fn)``.
 
-    The machine code is cached on disk (in ``__pycache__`` beside the source,
-    else numba's user-wide cache, or ``NUMBA_CACHE_DIR``), so that a new
-    process loads it in milliseconds instead of compiling for seconds.  Where
-    no location is writable (a read-only install and no usable home or
-    ``NUMBA_CACHE_DIR``), numba refuses ``cache=True`` when decorating: then
-    the kernels are compiled in every process, which is logged once.
+    The machine code is cached on disk (in ``NUMBA_CACHE_DIR`` if set, else
+    ``__pycache__`` beside the source, else numba's user-wide cache directory,
+    ``~/.cache/numba``), so that a new process loads it in a fraction of a
+    second instead of compiling it for seconds.  Where none is writable (a
+    read-only install and no usable home), numba refuses ``cache=True`` when
+    decorating: then
+    the function is compiled in every process, which is logged once per
+    process (a warning: the cost, seconds per process, would otherwise go
+    unexplained, and setting ``NUMBA_CACHE_DIR`` fixes it).
     """
-    global _NO_CACHE
+    global _CACHE_WARNED
     options = {"nogil": True, "boundscheck": False, **options}
-    if not _NO_CACHE:
-        try:
-            return _numba().njit(cache=True, **options)(fn)
-        except RuntimeError as exc:   # raised when decorating, not when compiling
-            if "cannot cache" not in str(exc):
-                raise
-            _NO_CACHE = True
-            # a warning: the cost (seconds in every process) is invisible
-            # otherwise, and the user can fix it
+    try:
+        return _numba().njit(cache=True, **options)(fn)
+    except RuntimeError as exc:   # raised when decorating, not when compiling
+        if "cannot cache" not in str(exc):
+            raise
+        if not _CACHE_WARNED:
+            _CACHE_WARNED = True
             logger.warning("numba cannot cache specnmf's kernels (no writable __pycache__ in %s, "
                            "user cache directory or NUMBA_CACHE_DIR): they are compiled in every "
                            "process, which takes seconds; set NUMBA_CACHE_DIR to a writable "
