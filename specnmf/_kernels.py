@@ -192,10 +192,9 @@ def _njit(fn, **options):
     ``~/.cache/numba``), so that a new process loads it in a fraction of a
     second instead of compiling it for seconds.  Where none is writable (a
     read-only install and no usable home), numba refuses ``cache=True`` when
-    decorating: then
-    the function is compiled in every process, which is logged once per
-    process (a warning: the cost, seconds per process, would otherwise go
-    unexplained, and setting ``NUMBA_CACHE_DIR`` fixes it).
+    decorating: then the function is compiled in every process, which is
+    logged once per process (a warning: the cost, seconds per process, would
+    otherwise go unexplained, and setting ``NUMBA_CACHE_DIR`` fixes it).
     """
     global _CACHE_WARNED
     options = {"nogil": True, "boundscheck": False, **options}
@@ -509,7 +508,8 @@ def _compile_helpers():
     find them when they are compiled."""
     namespace = globals()
     for name in _HELPERS:
-        namespace[name] = _njit(namespace[name])
+        if not hasattr(namespace[name], "py_func"):   # not yet a dispatcher
+            namespace[name] = _njit(namespace[name])
 
 
 @_jit
