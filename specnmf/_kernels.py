@@ -23,16 +23,19 @@ live in another array namespace.
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
 
-try:  # optional accelerator
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
+_UNSET = object()
+#: the numba module (optional accelerator), None where it cannot be imported;
+#: imported by :func:`_numba` on first need, not with specnmf (~0.25 s)
+numba = _UNSET
+
+logger = logging.getLogger("specnmf")
 
 __all__ = ["available", "MAX_Q", "spans", "mu_pass", "spectrum_grams", "num_threads"]
 
@@ -48,14 +51,26 @@ def available() -> bool:
     """Whether the compiled kernels can be used (numba importable and not disabled).
 
     Setting the environment variable ``SPECNMF_DISABLE_NUMBA=1`` forces the
-    numpy/BLAS path (used by the tests to compare the two).
+    numpy/BLAS path (used by the tests to compare the two).  Imports numba.
     """
-    return numba is not None and os.environ.get("SPECNMF_DISABLE_NUMBA", "") in ("", "0")
+    return os.environ.get("SPECNMF_DISABLE_NUMBA", "") in ("", "0") and _numba() is not None
+
+
+def _numba():
+    """The numba module, imported on first call; None if it cannot be imported."""
+    global numba
+    if numba is _UNSET:
+        try:
+            import numba as module
+        except ImportError:  # pragma: no cover - exercised where numba is absent
+            module = None
+        numba = module
+    return numba
 
 
 def num_threads() -> int:
     """Threads for the kernels: numba's setting (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``)."""
-    return max(1, int(numba.get_num_threads())) if numba is not None else 1
+    return max(1, int(_numba().get_num_threads())) if _numba() is not None else 1
 
 
 _POOL = None
@@ -166,6 +181,37 @@ def _mu_source(q):
     return "\n".join(out)
 
 
+_CACHE_WARNED = False
+
+
+def _njit(fn, **options):
+    """``numba.njit(nogil=True, boundscheck=False, cache=True, **options)(fn)``.
+
+    The machine code is cached on disk (in ``NUMBA_CACHE_DIR`` if set, else
+    ``__pycache__`` beside the source, else numba's user-wide cache directory,
+    ``~/.cache/numba``), so that a new process loads it in a fraction of a
+    second instead of compiling it for seconds.  Where none is writable (a
+    read-only install and no usable home), numba refuses ``cache=True`` when
+    decorating: then the function is compiled in every process, which is
+    logged once per process (a warning: the cost, seconds per process, would
+    otherwise go unexplained, and setting ``NUMBA_CACHE_DIR`` fixes it).
+    """
+    global _CACHE_WARNED
+    options = {"nogil": True, "boundscheck": False, **options}
+    try:
+        return _numba().njit(cache=True, **options)(fn)
+    except RuntimeError as exc:   # raised when decorating, not when compiling
+        if "cannot cache" not in str(exc):
+            raise
+        if not _CACHE_WARNED:
+            _CACHE_WARNED = True
+            logger.warning("numba cannot cache specnmf's kernels (no writable __pycache__ in %s, "
+                           "user cache directory or NUMBA_CACHE_DIR): they are compiled in every "
+                           "process, which takes seconds; set NUMBA_CACHE_DIR to a writable "
+                           "directory to cache them", os.path.dirname(fn.__code__.co_filename))
+    return _numba().njit(**options)(fn)
+
+
 def _jit_kernel(name):
     """The compiled kernel ``name`` of :mod:`specnmf._kernels_generated`.
 
@@ -176,11 +222,7 @@ def _jit_kernel(name):
     """
     from . import _kernels_generated
 
-    fn = getattr(_kernels_generated, name)
-    try:
-        return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False, cache=True)(fn)
-    except RuntimeError:  # no writable cache location: compile in every process
-        return numba.njit(fastmath=_FASTMATH, nogil=True, boundscheck=False)(fn)
+    return _njit(getattr(_kernels_generated, name), fastmath=_FASTMATH)
 
 
 @lru_cache(maxsize=None)
@@ -424,6 +466,9 @@ def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3)
     step = max(CHUNK, -(-n // (4 * (threads or num_threads()))))
     chunks = [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
+    if solve:
+        _compile_helpers()
+
     def work(sl):
         kernel(X[sl], ivar[sl], T, G[sl], b[sl], flags[sl], lo[sl], hi[sl], touched[sl])
         if solve:
@@ -446,9 +491,25 @@ _RETRY = 5
 _TILE = 64
 
 
+_HELPERS = []
+
+
 def _jit(fn):
-    """numba.njit when numba is there (the function is only called then)."""
-    return numba.njit(nogil=True, boundscheck=False)(fn) if numba is not None else fn
+    """Marks ``fn`` to be compiled by :func:`_compile_helpers` (so that importing
+    this module does not import numba)."""
+    _HELPERS.append(fn.__name__)
+    return fn
+
+
+@lru_cache(maxsize=None)
+def _compile_helpers():
+    """Replace the functions marked by :func:`_jit` with their :func:`_njit`
+    dispatchers, in this module's namespace, where the kernels that call them
+    find them when they are compiled."""
+    namespace = globals()
+    for name in _HELPERS:
+        if not hasattr(namespace[name], "py_func"):   # not yet a dispatcher
+            namespace[name] = _njit(namespace[name])
 
 
 @_jit

@@ -64,7 +64,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy.optimize import nnls as _scipy_nnls
 
 from .. import _kernels
 from .gram import unpack as _gram_unpack
@@ -272,6 +271,14 @@ def _bpp(Gs, bs, live, F0, max_iter):
         x_out[:, idx] = x
         piv_out[idx] = min_pivot
     return x_out, ok_out, piv_out
+
+
+def _scipy_nnls(A, y, **options):
+    """:func:`scipy.optimize.nnls`, imported on first use: importing
+    scipy.optimize takes ~0.3 s, too much for ``import specnmf``."""
+    from scipy.optimize import nnls
+
+    return nnls(A, y, **options)
 
 
 def _fallback(Gs, bs, live):

@@ -193,6 +193,7 @@ def test_batched_free_solves_equal_the_active_set_loop(q):
     rng = np.random.default_rng(q)
     T = rng.uniform(0.1, 1.0, (q, 80))
     G, b, ok = _kernels.spectrum_grams(np.ascontiguousarray(X), ivar, T)
+    _kernels._compile_helpers()                                 # else _nnls_rows is plain Python
     b[::3] *= rng.choice([-1.0, 1.0], size=(len(b[::3]), q))   # active bounds
     G[::11, 0] = 0                                              # a template without weight
     out = {}
