@@ -14,6 +14,7 @@ from numbers import Integral, Real
 import numpy as np
 
 from . import _validation as V
+from . import interop
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
 from .engine import InMemory, make_engine
 from .init import INITS, check_random_state, nndsvd_init, random_init
@@ -236,6 +237,11 @@ class SpectralNMF(_ParamsMixin):
     ivar_scale_ : float
         Mean observed inverse variance, the unit of the penalties.
     wavelength_ : ndarray of shape (n_pixels,) or None
+    wavelength_unit_, flux_unit_ : str or None
+        Units of ``wavelength_`` and of the flux (e.g. ``"Angstrom"``), when
+        fitted on a specutils/astropy container or with a ``Quantity``
+        wavelength; ``transform`` checks a container's spectral axis against
+        them (:mod:`specnmf.interop`).
     spatial_shape_ : tuple or None
     n_features_in_ : int
         Number of pixels seen in ``fit``.
@@ -391,7 +397,10 @@ class SpectralNMF(_ParamsMixin):
             Flux; may be negative.  NaN/inf allowed only where ``ivar == 0``.
             Arrays on disk (``np.memmap``, h5py/zarr datasets, FITS memmap) are
             streamed in blocks of ``block_size`` spectra; dask arrays run on
-            the active Dask scheduler.
+            the active Dask scheduler.  A specutils ``Spectrum``, astropy
+            ``NDData``/``Quantity`` or hyperspy ``Signal1D`` brings its own
+            ``ivar`` (uncertainty, mask), ``wavelength`` and units
+            (:mod:`specnmf.interop`).
         ivar : array-like of shape (n_spectra, n_pixels), optional
             Inverse variance, >= 0; 0 marks missing pixels.  ``None``: unit weights.
         templates : array-like of shape (n_components, n_pixels), optional
@@ -416,6 +425,7 @@ class SpectralNMF(_ParamsMixin):
         -------
         self
         """
+        X, ivar, wavelength, units = interop.fit_inputs(X, ivar, wavelength)
         self._validate_params()
         dt = V.check_dtype(self.dtype)
         xp, device = resolve_backend(self.backend)
@@ -509,6 +519,7 @@ class SpectralNMF(_ParamsMixin):
         self.ivar_scale_ = float(summary.ivar_scale)
         self.n_features_in_ = d
         self.wavelength_ = wavelength
+        self.wavelength_unit_, self.flux_unit_ = units
         self.spatial_shape_ = spatial_shape
         if result.interrupted:
             logger.warning("fit interrupted by the user after %d iterations; the model holds "
@@ -640,6 +651,7 @@ class SpectralNMF(_ParamsMixin):
         from .solvers.nnls import nnls_covariance, nnls_gram, weighted_nnls
 
         self._check_fitted()
+        X, ivar = interop.transform_inputs(self, X, ivar)
         dt = self.templates_.dtype
         fast = self._transform_fast(X, ivar, return_uncertainty, return_covariance)
         if fast is not None:
@@ -765,6 +777,7 @@ class SpectralNMF(_ParamsMixin):
         0 where missing).  Missing pixels (``ivar == 0``) are 0.
         """
         self._check_fitted()
+        X, ivar = interop.transform_inputs(self, X, ivar)
         if coefficients is None:
             coefficients = self.transform(X, ivar)
         Xv, iv = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
@@ -773,6 +786,7 @@ class SpectralNMF(_ParamsMixin):
 
     def score(self, X, ivar=None):
         """Negative chi^2 of the spectra after :meth:`transform` (higher is better)."""
+        X, ivar = interop.transform_inputs(self, X, ivar)
         C = self.transform(X, ivar)
         X, ivar = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
         return -_chi2(X, ivar, C, self.templates_, np)
@@ -797,6 +811,15 @@ class SpectralNMF(_ParamsMixin):
         else:
             lines.append("  (not fitted)")
         return "\n".join(lines)
+
+    def templates_spectrum(self, *, wavelength_unit=None, flux_unit=None):
+        """The templates as one specutils ``Spectrum`` of shape (n_components, n_pixels).
+
+        See :func:`specnmf.interop.templates_spectrum` (needs specutils and a
+        wavelength grid).
+        """
+        return interop.templates_spectrum(self, wavelength_unit=wavelength_unit,
+                                          flux_unit=flux_unit)
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path, *, overwrite=False):
