@@ -19,6 +19,7 @@ from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to
 from .engine import InMemory, make_engine
 from .init import INITS, check_random_state, nndsvd_init, random_init
 from .objective import _chi2
+from .progress import progress_callback
 from .solvers import SOLVERS, run
 from .solvers import gram
 
@@ -210,6 +211,11 @@ class SpectralNMF(_ParamsMixin):
     checkpoint_every : int, default=10
     sequential_iter : int, default=50
         Iterations per stage of ``init="sequential"`` (the paper's ~50).
+    progress : bool, default=False
+        Show a progress bar (iteration / ``max_iter``, objective, ETA): tqdm
+        (``tqdm.auto``, a widget in notebooks) when installed, else a text
+        bar on a terminal, else log lines on ``"specnmf.progress"``
+        (:mod:`specnmf.progress`).
 
     Attributes
     ----------
@@ -283,6 +289,7 @@ class SpectralNMF(_ParamsMixin):
         "random_state": _random_state,
         "dtype": _dtype,
         "verbose": _boolish,
+        "progress": _boolish,
         "shift": _interval(Real, 0, allow_none=True),
         "smoothness": _interval(Real, 0),
         "sparsity": _interval(Real, 0),
@@ -300,7 +307,7 @@ class SpectralNMF(_ParamsMixin):
                  init="random", random_state=None, dtype="float64", verbose=False,
                  shift=None, smoothness=0.0, sparsity=0.0, spatial=0.0, n_init=1,
                  patience=1, block_size=None, backend="numpy", checkpoint=None,
-                 checkpoint_every=10, sequential_iter=50):
+                 checkpoint_every=10, sequential_iter=50, progress=False):
         self.n_components = n_components
         self.solver = solver
         self.max_iter = max_iter
@@ -320,6 +327,7 @@ class SpectralNMF(_ParamsMixin):
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.sequential_iter = sequential_iter
+        self.progress = progress
 
     # -- validation ----------------------------------------------------------
     def _validate_params(self):
@@ -461,7 +469,7 @@ class SpectralNMF(_ParamsMixin):
         def to_xp(a):
             return a if is_numpy_namespace(xp) else asarray(a, xp, dtype=dt, device=device)
 
-        def solve(C, T, max_iter, tol, **kw):
+        def solve(C, T, max_iter, tol, callback=None, **kw):
             solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties,
                                            n_components=C.shape[1])
             if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
@@ -471,9 +479,12 @@ class SpectralNMF(_ParamsMixin):
                     # blocks of spectra sorted by coverage skip the pixels none of them observe
                     large = engine.choose_block_rows(large, max(16, (3 << 17) // d))
                 engine.block_rows = min(n, large)
-            return run(solver, engine, to_xp(C), to_xp(T), max_iter=max_iter, tol=tol,
-                       patience=self.patience, penalties=penalties, xp=xp,
-                       verbose=self.verbose, **kw)
+            with progress_callback(self.progress, max_iter, callback,
+                                   start=kw.get("start_iter", 0),
+                                   desc=f"specnmf {self.solver} k={C.shape[1]}") as callback:
+                return run(solver, engine, to_xp(C), to_xp(T), max_iter=max_iter, tol=tol,
+                           patience=self.patience, penalties=penalties, xp=xp,
+                           verbose=self.verbose, callback=callback, **kw)
 
         resumed = self._resume_state(n, d) if resume else None
         if resumed is not None:
@@ -551,7 +562,7 @@ class SpectralNMF(_ParamsMixin):
         from .checkpoint import fingerprint
 
         params = {key: value for key, value in self.get_params().items()
-                  if key not in ("max_iter", "tol", "patience", "verbose", "checkpoint",
+                  if key not in ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
                                  "checkpoint_every", "block_size")}
         return fingerprint(n, d, params)
 

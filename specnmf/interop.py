@@ -417,6 +417,22 @@ def fit_inputs(X, ivar, wavelength):
     return a.flux, a.ivar, a.wavelength, (a.wavelength_unit, a.flux_unit)
 
 
+def cube_inputs(cube, ivar, mask, wavelength):
+    """A container cube as ``(cube, ivar, mask, wavelength, wave_axis, units)`` for
+    :func:`specnmf.ifu.fit_cube`: arrays of shape (ny, nx, n_wave), the mask folded into ivar."""
+    a = as_arrays(cube, ivar=ivar, wavelength=wavelength)
+    if len(a.shape) != 2:
+        raise ValueError(f"a cube needs two spatial axes and one spectral axis; the "
+                         f"{type(cube).__name__} has leading shape {a.shape}")
+    if mask is not None:
+        raise ValueError(f"mask was given twice: pass it in the {type(cube).__name__}")
+    ny, nx = a.shape
+    d = a.flux.shape[1]
+    iv = None if a.ivar is None else a.ivar.reshape(ny, nx, d)
+    return (a.flux.reshape(ny, nx, d), iv, None, a.wavelength, -1,
+            (a.wavelength_unit, a.flux_unit))
+
+
 def transform_inputs(model, X, ivar):
     """``(X, ivar)`` for ``transform``/``score``; a container's grid is checked against the model's."""
     if not is_container(X):
