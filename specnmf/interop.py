@@ -226,7 +226,6 @@ def _wcs_spectral_axis(wcs, ndim):
     low = getattr(wcs, "low_level_wcs", wcs)
     try:
         types = list(low.world_axis_physical_types)
-        units = list(low.world_axis_units)
         corr = np.asarray(low.axis_correlation_matrix)
         n_pixel = low.pixel_n_dim
     except AttributeError:
@@ -241,7 +240,7 @@ def _wcs_spectral_axis(wcs, ndim):
     pixel = int(pixels[0])
     shape = getattr(low, "array_shape", None)
     n = shape[ndim - 1 - pixel] if shape is not None else None
-    return ndim - 1 - pixel, (world, pixel, units[world], low), n
+    return ndim - 1 - pixel, (world, pixel, low), n
 
 
 def _nddata_arrays(obj, ivar, wavelength):
@@ -263,12 +262,14 @@ def _nddata_arrays(obj, ivar, wavelength):
             if wavelength is not None:
                 raise ValueError("wavelength was given twice: the NDData's WCS has a spectral "
                                  "axis; drop the wavelength argument")
-            axis, (world, pixel, unit, low), _ = found
+            axis, (world, pixel, low), _ = found
             n = values.shape[axis]
             coords = [np.arange(n, dtype=np.float64) if p == pixel else np.zeros(n)
                       for p in range(low.pixel_n_dim)]
             world_values = low.pixel_to_world_values(*coords)
             world_values = world_values[world] if low.world_n_dim > 1 else world_values
+            # read after the transform: astropy's WCS converts CUNIT to SI (m) only then
+            unit = low.world_axis_units[world]
             wave, wave_unit = _spectral_values(np.asarray(world_values) * _unit(unit),
                                                "WCS spectral axis", from_wcs=True)
     if values.ndim == 0:
@@ -635,9 +636,9 @@ def decompose_signal(signal, model, *, store=True):
            for ax in signal.axes_manager.navigation_axes[::-1]]  # array order
     C = np.array(model.coefficients_)
     maps = np.moveaxis(C.reshape(*a.shape, k), -1, 0) if a.shape else C.reshape(k)
-    loadings = hs.signals.BaseSignal(maps, axes=[component_axis] + nav if a.shape else None)
-    if a.shape:
-        loadings.axes_manager.set_signal_dimension(len(nav))
+    # as hyperspy's get_decomposition_loadings: a map (or profile) per component
+    cls = {1: hs.signals.Signal1D, 2: hs.signals.Signal2D}.get(len(nav), hs.signals.BaseSignal)
+    loadings = cls(maps, axes=[component_axis] + nav) if nav else hs.signals.BaseSignal(maps)
     loadings.metadata.General.title = f"{signal.metadata.General.title} loadings".strip()
     if store:
         _store_decomposition(signal, model, C)

@@ -132,7 +132,7 @@ class FitProgress:
         if logger.isEnabledFor(logging.INFO) and logger.hasHandlers():
             return
         handler = logging.StreamHandler(self.stream)
-        handler.setFormatter(logging.Formatter("specnmf: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))
         self._restore = (handler, logger.level, logger.propagate)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
