@@ -295,7 +295,7 @@ def test_hyperspy_helper_uses_the_noise_variance(spectrum_image):
     s = spectrum_image
     var = np.full(s.data.shape, 1e-4)
     var[0, 0, :5] = 0  # unknown variance: no weight
-    s.metadata.set_item("Signal.Noise_properties.variance", s._deepcopy_with_new_data(var))
+    s.metadata.set_item("Signal.Noise_properties.variance", type(s)(var))
     model, factors, loadings = decompose_signal(s, _model())
     ivar = np.where(var > 0, 1 / np.where(var > 0, var, 1), 0).reshape(12, 40)
     ref = _model().fit(s.data.reshape(12, 40), ivar=ivar)
@@ -333,3 +333,23 @@ def test_hyperspy_decomposition_route(spectrum_image):
     assert a.shape == (3, 4) and np.all(a.ivar == 4.0)
     with pytest.raises(ValueError, match="ivar was given twice"):
         as_arrays(s, ivar=a.ivar)
+
+
+def test_docs_code_blocks_run(tmp_path, monkeypatch):
+    """The python blocks of docs/interop.md run, in order, as one script."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("specutils")
+    pytest.importorskip("hyperspy.api")
+    page = Path(__file__).resolve().parents[2] / "docs" / "interop.md"
+    if not page.exists():
+        pytest.skip("docs/ is not beside the package (installed copy)")
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning of the short doc fits
+        for block in blocks:
+            exec(compile(block, str(page), "exec"), namespace)
