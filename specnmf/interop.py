@@ -12,7 +12,8 @@ astronomers and microscopists hold spectra in, and writes results back:
   :class:`~astropy.nddata.StdDevUncertainty`,
   :class:`~astropy.nddata.VarianceUncertainty`, converted to inverse
   variance in the flux unit), their ``mask`` (``True`` = bad, weight 0) and
-  their spectral axis with its unit;
+  their spectral axis with its unit; a list (or ``SpectrumList``) of them on
+  one grid;
 * :class:`astropy.units.Quantity` flux (and ``wavelength``);
 * hyperspy ``Signal1D`` objects (spectrum images), whose noise variance
   ``metadata.Signal.Noise_properties.variance`` becomes the weights.
@@ -86,9 +87,14 @@ class SpectraArrays(NamedTuple):
 
 # -- detection (no imports) ----------------------------------------------------------------
 def is_container(obj) -> bool:
-    """Whether ``obj`` is an astropy/specutils/hyperspy object (checked without importing them)."""
+    """Whether ``obj`` is an astropy/specutils/hyperspy object, or a list of them.
+
+    Checked on the class's module names, without importing those packages.
+    """
     if obj is None or type(obj) is np.ndarray:
         return False
+    if type(obj) in (list, tuple):
+        return len(obj) > 0 and is_container(obj[0])
     return any(cls.__module__.partition(".")[0] in _CONTAINER_PACKAGES
                for cls in type(obj).__mro__)
 
@@ -387,6 +393,8 @@ def as_arrays(obj, *, ivar=None, wavelength=None) -> SpectraArrays:
     """
     if _is_hyperspy(obj):
         return _hyperspy_arrays(obj, ivar, wavelength)
+    if isinstance(obj, (list, tuple)) and is_container(obj):  # also specutils' SpectrumList
+        return _stack(obj, ivar, wavelength)
     if is_container(obj):
         from astropy.nddata import NDData
         from astropy.units import Quantity
@@ -404,6 +412,32 @@ def as_arrays(obj, *, ivar=None, wavelength=None) -> SpectraArrays:
         _spectral_values(wavelength, "wavelength")
     shape = tuple(getattr(obj, "shape", ()))[:-1]
     return SpectraArrays(obj, ivar, wave, wave_unit, None, shape)
+
+
+def _stack(spectra, ivar, wavelength):
+    """Spectra given one by one (a list, a SpectrumList) on one grid, as one set of arrays."""
+    if ivar is not None or wavelength is not None:
+        raise ValueError("with a list of spectra, each brings its own uncertainty and spectral "
+                         "axis; drop the ivar/wavelength arguments")
+    parts = [as_arrays(s) for s in spectra]
+    first = parts[0]
+    fluxes, ivars = [], []
+    for i, p in enumerate(parts):
+        if not _same_grid(p.wavelength, p.wavelength_unit, first.wavelength,
+                          first.wavelength_unit):
+            raise ValueError(f"spectrum {i} of the list is not on the grid of spectrum 0; "
+                             "resample them onto one grid first (e.g. with specutils' "
+                             "FluxConservingResampler)")
+        scale = 1.0
+        if p.flux_unit != first.flux_unit:
+            if p.flux_unit is None or first.flux_unit is None:
+                raise ValueError(f"spectrum {i} has flux unit {p.flux_unit!r}, spectrum 0 "
+                                 f"{first.flux_unit!r}")
+            scale = (1.0 * _unit(p.flux_unit)).to_value(_unit(first.flux_unit))
+        fluxes.append(np.asarray(p.flux, dtype=np.float64) * scale)
+        ivars.append(np.ones(p.flux.shape) if p.ivar is None else p.ivar / scale**2)
+    return SpectraArrays(np.concatenate(fluxes), np.concatenate(ivars), first.wavelength,
+                         first.wavelength_unit, first.flux_unit, (sum(len(f) for f in fluxes),))
 
 
 # -- the estimator's hooks ---------------------------------------------------------------------
@@ -448,6 +482,21 @@ def transform_inputs(model, X, ivar):
     return a.flux, a.ivar
 
 
+def _same_grid(values, unit, ref, ref_unit):
+    """Whether two spectral axes are the same pixels (units converted; None: unknown, equal)."""
+    if values is None or ref is None:
+        return values is None and ref is None
+    values = np.asarray(values, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if unit is not None and ref_unit is not None and unit != ref_unit:
+        values = convert_spectral(values, unit, ref_unit)
+    if values.shape != ref.shape:
+        return False
+    # a thousandth of a pixel: tolerates float32 storage, not a shifted or rescaled grid
+    step = np.median(np.abs(np.diff(ref))) if ref.size > 1 else abs(ref[0]) * 1e-6
+    return bool(np.all(np.abs(values - ref) <= 1e-3 * step))
+
+
 def check_grid(model, wavelength, unit):
     """Raise ``ValueError`` unless ``wavelength`` (in ``unit``) is the model's wavelength grid.
 
@@ -459,13 +508,8 @@ def check_grid(model, wavelength, unit):
     if ref is None or wavelength is None:
         return
     ref_unit = getattr(model, "wavelength_unit_", None)
-    values = np.asarray(wavelength, dtype=np.float64)
-    if unit is not None and ref_unit is not None and unit != ref_unit:
-        values = convert_spectral(values, unit, ref_unit)
     ref = np.asarray(ref, dtype=np.float64)
-    # a thousandth of a pixel: tolerates float32 storage, not a shifted or rescaled grid
-    step = np.median(np.abs(np.diff(ref))) if ref.size > 1 else abs(ref[0]) * 1e-6
-    if values.shape != ref.shape or not np.all(np.abs(values - ref) <= 1e-3 * step):
+    if not _same_grid(wavelength, unit, ref, ref_unit):
         def span(v, u):
             return f"{v[0]:.6g}..{v[-1]:.6g} {u or '(no unit)'}, {v.size} pixels" if v.size \
                 else "empty"

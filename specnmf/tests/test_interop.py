@@ -353,3 +353,21 @@ def test_docs_code_blocks_run(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")  # ConvergenceWarning of the short doc fits
         for block in blocks:
             exec(compile(block, str(page), "exec"), namespace)
+
+
+def test_a_list_of_spectra_on_one_grid(toy):
+    Spectrum = _spectrum_class()
+    X, ivar, wave = toy
+    one_by_one = [Spectrum(flux=x * u.Jy, spectral_axis=wave * u.AA,
+                           uncertainty=nddata.InverseVariance(iv)) for x, iv in zip(X, ivar)]
+    one_by_one[1] = Spectrum(flux=X[1] * 1000 * u.mJy, spectral_axis=(wave / 10) * u.nm,
+                             uncertainty=nddata.InverseVariance(ivar[1] / 1e6))
+    a = as_arrays(one_by_one)
+    np.testing.assert_allclose(a.flux, X)
+    np.testing.assert_allclose(a.ivar, ivar, rtol=1e-12)
+    assert a.flux_unit == "Jy" and a.shape == (X.shape[0],)
+    m = _model().fit(one_by_one)
+    np.testing.assert_allclose(m.templates_, _model().fit(X, ivar=ivar).templates_, rtol=1e-10)
+    one_by_one[2] = Spectrum(flux=X[2] * u.Jy, spectral_axis=(wave + 1) * u.AA)
+    with pytest.raises(ValueError, match="spectrum 2 of the list is not on the grid"):
+        as_arrays(one_by_one)
