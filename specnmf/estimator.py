@@ -846,7 +846,10 @@ class SpectralNMF(_ParamsMixin):
 
         ``transform``, ``inverse_transform``, ``save`` and the plots work;
         there is no training history.  ``params`` are constructor parameters.
+        ``templates`` may be a specutils ``Spectrum`` (e.g. from
+        :meth:`templates_spectrum`), which brings its wavelength and units.
         """
+        templates, _, wavelength, units = interop.fit_inputs(templates, None, wavelength)
         T = V.check_factor(templates, "templates", dtype=V.check_dtype(params.get("dtype", "float64")))
         model = cls(T.shape[0], **params)
         model._validate_params()
@@ -866,6 +869,7 @@ class SpectralNMF(_ParamsMixin):
         model.ivar_scale_ = 1.0
         model.n_features_in_ = T.shape[1]
         model.wavelength_ = wavelength
+        model.wavelength_unit_, model.flux_unit_ = units
         model.spatial_shape_ = None
         return model
 

@@ -365,8 +365,10 @@ def as_arrays(obj, *, ivar=None, wavelength=None) -> SpectraArrays:
 
     Parameters
     ----------
-    obj : specutils.Spectrum, astropy.nddata.NDData, astropy.units.Quantity, hyperspy Signal1D or array-like
-        One spectrum or many (any leading shape).  Arrays pass through.
+    obj : Spectrum, NDData, Quantity, hyperspy Signal1D, list of Spectrum, or array-like
+        One spectrum or many (any leading shape): a specutils ``Spectrum``
+        (``Spectrum1D``), an astropy ``NDData`` or ``Quantity``, a hyperspy
+        signal, or a list of spectra on one grid.  Arrays pass through.
     ivar : array-like of the shape of ``obj``'s flux, optional
         Inverse variance, for a container without an uncertainty (giving both
         is an error).  A Quantity is converted to the flux's unit**-2.
@@ -385,11 +387,11 @@ def as_arrays(obj, *, ivar=None, wavelength=None) -> SpectraArrays:
     >>> import numpy as np, astropy.units as u
     >>> from astropy.nddata import StdDevUncertainty
     >>> from specutils import Spectrum
-    >>> spec = Spectrum(flux=np.ones((2, 3)) * u.Jy, spectral_axis=[500, 501, 502] * u.nm,
-    ...                 uncertainty=StdDevUncertainty(np.full((2, 3), 0.5)))
+    >>> spec = Spectrum(flux=np.ones((2, 4)) * u.Jy, spectral_axis=[500, 501, 502, 503] * u.nm,
+    ...                 uncertainty=StdDevUncertainty(np.full((2, 4), 0.5)))
     >>> a = as_arrays(spec)
     >>> a.ivar[0], a.wavelength_unit, a.flux_unit
-    (array([4., 4., 4.]), 'nm', 'Jy')
+    (array([4., 4., 4., 4.]), 'nm', 'Jy')
     """
     if _is_hyperspy(obj):
         return _hyperspy_arrays(obj, ivar, wavelength)
@@ -469,7 +471,8 @@ def cube_inputs(cube, ivar, mask, wavelength):
 
 
 def transform_inputs(model, X, ivar):
-    """``(X, ivar)`` for ``transform``/``score``; a container's grid is checked against the model's."""
+    """``(X, ivar)`` for ``transform``/``score``; a container's grid is checked against the
+    model's and its flux converted to the model's flux unit."""
     if not is_container(X):
         return X, ivar
     a = as_arrays(X, ivar=ivar)

@@ -371,3 +371,26 @@ def test_a_list_of_spectra_on_one_grid(toy):
     one_by_one[2] = Spectrum(flux=X[2] * u.Jy, spectral_axis=(wave + 1) * u.AA)
     with pytest.raises(ValueError, match="spectrum 2 of the list is not on the grid"):
         as_arrays(one_by_one)
+
+
+def test_templates_spectrum_back_into_a_model(toy):
+    Spectrum = _spectrum_class()
+    X, ivar, wave = toy
+    m = _model().fit(Spectrum(flux=X * u.Jy, spectral_axis=wave * u.AA,
+                              uncertainty=nddata.InverseVariance(ivar)))
+    again = SpectralNMF.from_templates(m.templates_spectrum())
+    assert (again.wavelength_unit_, again.flux_unit_) == ("Angstrom", "Jy")
+    np.testing.assert_allclose(again.templates_, m.templates_)
+    nm = Spectrum(flux=X * u.Jy, spectral_axis=(wave / 10) * u.nm,
+                  uncertainty=nddata.InverseVariance(ivar))
+    np.testing.assert_allclose(again.transform(nm), m.transform(X, ivar=ivar), rtol=1e-10)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import specnmf.interop
+
+    pytest.importorskip("specutils")
+    result = doctest.testmod(specnmf.interop, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
