@@ -182,21 +182,27 @@ def _ivar_from_uncertainty(unc, flux_unit, shape):
             raise ValueError(f"the uncertainty has unit {unc_unit!r} but the flux has none")
         # e.g. sigma in mJy with flux in Jy: express it in the flux's unit
         a *= (1.0 * _unit(unc_unit)).to_value(_unit(flux_unit) ** power)
+    return _ivar_from(a, power, f"uncertainty ({type(unc).__name__})")
+
+
+def _ivar_from(a, power, name):
+    """Inverse variance from sigma (power 1), variance (2) or inverse variance (-2).
+
+    0, inf or NaN sigma/variance and NaN ivar carry no information: ivar 0 (missing).
+    """
     with np.errstate(invalid="ignore"):
         negative = a < 0
     if negative.any():
-        raise ValueError(f"uncertainty ({type(unc).__name__}) has {int(negative.sum())} negative "
-                         "values; it must be >= 0")
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        if power == -2:
-            if np.isposinf(a).any():
-                raise ValueError("InverseVariance uncertainty contains inf (zero variance); "
-                                 "use 0 for missing data")
-            ivar = a
-        else:
+        raise ValueError(f"{name} has {int(negative.sum())} negative values; it must be >= 0")
+    if power == -2:
+        if np.isposinf(a).any():
+            raise ValueError(f"{name} contains inf inverse variance (zero variance); "
+                             "use 0 for missing data")
+        ivar = a
+    else:
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             ivar = 1.0 / (a * a if power == 1 else a)
-        # 0 or inf or NaN sigma/variance, NaN ivar: no information, i.e. missing
-        return np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
+    return np.where(np.isfinite(ivar) & (ivar > 0), ivar, 0.0)
 
 
 def _combine(flux, ivar, mask):
@@ -228,7 +234,8 @@ def _user_ivar(ivar, flux_unit, shape, axis):
 
 # -- the readers ----------------------------------------------------------------------------
 def _wcs_spectral_axis(wcs, ndim):
-    """(numpy axis, values, unit) of the spectral axis of an APE 14 WCS, or None."""
+    """``(numpy axis, world axis, pixel axis, low-level WCS)`` of the spectral axis of an
+    APE 14 WCS, or None if it has no single, separable spectral axis."""
     low = getattr(wcs, "low_level_wcs", wcs)
     try:
         types = list(low.world_axis_physical_types)
@@ -244,9 +251,7 @@ def _wcs_spectral_axis(wcs, ndim):
     if pixels.size != 1:
         return None  # a spectral axis that varies across the field: not one grid
     pixel = int(pixels[0])
-    shape = getattr(low, "array_shape", None)
-    n = shape[ndim - 1 - pixel] if shape is not None else None
-    return ndim - 1 - pixel, (world, pixel, low), n
+    return ndim - 1 - pixel, world, pixel, low
 
 
 def _nddata_arrays(obj, ivar, wavelength):
@@ -268,7 +273,7 @@ def _nddata_arrays(obj, ivar, wavelength):
             if wavelength is not None:
                 raise ValueError("wavelength was given twice: the NDData's WCS has a spectral "
                                  "axis; drop the wavelength argument")
-            axis, (world, pixel, low), _ = found
+            axis, world, pixel, low = found
             n = values.shape[axis]
             coords = [np.arange(n, dtype=np.float64) if p == pixel else np.zeros(n)
                       for p in range(low.pixel_n_dim)]
@@ -319,11 +324,7 @@ def _hyperspy_arrays(signal, ivar, wavelength):
         var = np.asarray(getattr(variance, "data", variance), dtype=np.float64)
         if var.ndim:
             var = np.moveaxis(np.broadcast_to(var, signal.data.shape), axis, -1)
-        if np.any(var < 0):
-            raise ValueError("the signal's noise variance has negative values")
-        with np.errstate(divide="ignore"):
-            iv = np.broadcast_to(np.where(np.isfinite(var) & (var > 0),
-                                          1.0 / np.where(var > 0, var, 1.0), 0.0), values.shape)
+        iv = np.broadcast_to(_ivar_from(var, 2, "the signal's noise variance"), values.shape)
     elif ivar is not None:
         iv = _user_ivar(ivar, None, signal.data.shape, axis)
     else:

@@ -394,3 +394,26 @@ def test_docstring_examples():
     pytest.importorskip("specutils")
     result = doctest.testmod(specnmf.interop, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_nddata_whose_wcs_puts_the_spectral_axis_first(toy):
+    wcs_mod = pytest.importorskip("astropy.wcs")
+    X, ivar, wave = toy
+    w = wcs_mod.WCS(naxis=2)  # FITS order: axis 1 = numpy's last; here the spectra's index
+    w.wcs.ctype = ["LINEAR", "FREQ"]
+    freq = (wave * u.AA).to_value(u.Hz, equivalencies=u.spectral())
+    w.wcs.cunit = ["", "Hz"]
+    w.wcs.crval = [0, freq[0]]
+    w.wcs.cdelt = [1, freq[1] - freq[0]]  # not uniform in frequency: only the first two pixels
+    w.wcs.crpix = [1, 1]
+    a = as_arrays(nddata.NDData(X.T, wcs=w, uncertainty=nddata.InverseVariance(ivar.T)))
+    np.testing.assert_allclose(a.flux, X)
+    np.testing.assert_allclose(a.ivar, ivar)
+    assert a.wavelength_unit == "Hz"
+    np.testing.assert_allclose(a.wavelength[:2], freq[:2])
+
+
+def test_negative_hyperspy_variance_is_an_error(spectrum_image):
+    spectrum_image.metadata.set_item("Signal.Noise_properties.variance", -1.0)
+    with pytest.raises(ValueError, match="noise variance has 1 negative"):
+        as_arrays(spectrum_image)
