@@ -418,7 +418,8 @@ class SpectralNMF(_ParamsMixin):
             is given, the other is initialised with ``init`` and rescaled by
             weighted least squares to the data.
         wavelength : array-like of shape (n_pixels,), optional
-            Kept as ``wavelength_`` (for plots and saved models).
+            Kept as ``wavelength_`` (for plots and saved models); the unit of
+            an astropy ``Quantity`` is kept as ``wavelength_unit_``.
         spatial_shape : tuple (ny, nx), optional
             Grid of the spectra (row = y * nx + x) for the ``spatial`` penalty.
         resume : bool, default=False
