@@ -7,7 +7,8 @@ Orientation follows scikit-learn: ``X`` and ``ivar`` are (n_spectra, n_pixels),
 Submodules imported on demand: :mod:`specnmf.io` (spectra files, saved
 models), :mod:`specnmf.ifu` (IFU cubes), :mod:`specnmf.preprocess` (rest-frame
 regridding), :mod:`specnmf.datasets`, :mod:`specnmf.plotting` (matplotlib),
-:mod:`specnmf.demos`.
+:mod:`specnmf.demos`, :mod:`specnmf.interop` (specutils, astropy and hyperspy
+containers in and out), :mod:`specnmf.progress` (``SpectralNMF(progress=True)``).
 """
 
 from ._validation import MissingDataWarning

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import inspect
 import logging
-import math
 import os
 import sys
 import textwrap
@@ -22,6 +21,8 @@ import time
 import warnings
 
 import numpy as np
+
+from .progress import TextBar
 
 logger = logging.getLogger("specnmf")
 
@@ -84,55 +85,20 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
-class _ProgressBar:
-    """One-line progress (iteration, chi^2, ETA) redrawn in place on a stream.
+class _ProgressBar(TextBar):
+    """The command's progress bar (:class:`specnmf.progress.TextBar`) on stderr.
 
     Fed either by the estimator's ``callback`` hook or, if it has none, by the
-    progress records the fit logs on the ``"specnmf"`` logger when verbose.
+    progress records the fit logs on the ``"specnmf"`` logger when verbose;
+    ``active`` lets the log handler clear it before writing a line.
     """
 
     active = None
 
-    def __init__(self, total, stream, width=24):
-        self.total = max(int(total), 1)
-        self.stream = stream
-        self.width = width
-        self.start = time.monotonic()
-        self.last_draw = 0.0
-        self.shown = False
-
-    def update(self, iteration, chi2=None, force=False):
-        now = time.monotonic()
-        if not force and now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        frac = min(iteration / self.total, 1.0)
-        filled = int(round(frac * self.width))
-        elapsed = now - self.start
-        eta = elapsed / iteration * (self.total - iteration) if iteration > 0 else float("nan")
-        chi = f"  chi2 {chi2:.6g}" if chi2 is not None else ""
-        eta_s = "?" if not math.isfinite(eta) else _seconds(eta)
-        line = (f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
-                f"iter {iteration}/{self.total}{chi}  ETA <= {eta_s}")
-        self.stream.write(line + "\x1b[K")
-        self.stream.flush()
-        self.shown = True
-
-    def clear(self):
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self.shown = False
-
     def close(self):
-        self.clear()
+        super().close()
         if _ProgressBar.active is self:
             _ProgressBar.active = None
-
-
-def _seconds(s):
-    s = int(round(s))
-    return f"{s // 60}:{s % 60:02d}"
 
 
 class _ProgressLogHandler(logging.Handler):

@@ -15,10 +15,12 @@ from numbers import Integral, Real
 import numpy as np
 
 from . import _validation as V
+from . import interop
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
 from .engine import InMemory, make_engine
 from .init import INITS, check_random_state, nndsvd_init, random_init
 from .objective import _chi2
+from .progress import progress_callback
 from .solvers import SOLVERS, run
 from .solvers import gram
 
@@ -265,6 +267,11 @@ class SpectralNMF(_ParamsMixin):
     checkpoint_every : int, default=10
     sequential_iter : int, default=50
         Iterations per stage of ``init="sequential"`` (the paper's ~50).
+    progress : bool, default=False
+        Show a progress bar (iteration / ``max_iter``, objective, ETA): tqdm
+        (``tqdm.auto``, a widget in notebooks) when installed, else a text
+        bar on a terminal, else log lines on ``"specnmf.progress"``
+        (:mod:`specnmf.progress`).
 
     Attributes
     ----------
@@ -292,6 +299,11 @@ class SpectralNMF(_ParamsMixin):
     ivar_scale_ : float
         Mean observed inverse variance, the unit of the penalties.
     wavelength_ : ndarray of shape (n_pixels,) or None
+    wavelength_unit_, flux_unit_ : str or None
+        Units of ``wavelength_`` and of the flux (e.g. ``"Angstrom"``), when
+        fitted on a specutils/astropy container or with a ``Quantity``
+        wavelength; ``transform`` checks a container's spectral axis against
+        them (:mod:`specnmf.interop`).
     spatial_shape_ : tuple or None
     n_features_in_ : int
         Number of pixels seen in ``fit``.
@@ -333,6 +345,7 @@ class SpectralNMF(_ParamsMixin):
         "random_state": _random_state,
         "dtype": _dtype,
         "verbose": _boolish,
+        "progress": _boolish,
         "shift": _interval(Real, 0, allow_none=True),
         "smoothness": _interval(Real, 0),
         "sparsity": _interval(Real, 0),
@@ -350,7 +363,7 @@ class SpectralNMF(_ParamsMixin):
                  init="random", random_state=None, dtype="float64", verbose=False,
                  shift=None, smoothness=0.0, sparsity=0.0, spatial=0.0, n_init=1,
                  patience=1, block_size=None, backend="numpy", checkpoint=None,
-                 checkpoint_every=10, sequential_iter=50):
+                 checkpoint_every=10, sequential_iter=50, progress=False):
         self.n_components = n_components
         self.solver = solver
         self.max_iter = max_iter
@@ -370,6 +383,7 @@ class SpectralNMF(_ParamsMixin):
         self.checkpoint = checkpoint
         self.checkpoint_every = checkpoint_every
         self.sequential_iter = sequential_iter
+        self.progress = progress
 
     # -- validation ----------------------------------------------------------
     def _validate_params(self):
@@ -447,7 +461,10 @@ class SpectralNMF(_ParamsMixin):
             Flux; may be negative.  NaN/inf allowed only where ``ivar == 0``.
             Arrays on disk (``np.memmap``, h5py/zarr datasets, FITS memmap) are
             streamed in blocks of ``block_size`` spectra; dask arrays run on
-            the active Dask scheduler.
+            the active Dask scheduler.  A specutils ``Spectrum``, astropy
+            ``NDData``/``Quantity`` or hyperspy ``Signal1D`` brings its own
+            ``ivar`` (uncertainty, mask), ``wavelength`` and units
+            (:mod:`specnmf.interop`).
         y : None
             Ignored (scikit-learn's target slot, so that ``Pipeline`` and
             ``GridSearchCV`` can call ``fit(X, y)``).  An array shaped like
@@ -463,7 +480,8 @@ class SpectralNMF(_ParamsMixin):
             is given, the other is initialised with ``init`` and rescaled by
             weighted least squares to the data.
         wavelength : array-like of shape (n_pixels,), optional
-            Kept as ``wavelength_`` (for plots and saved models).
+            Kept as ``wavelength_`` (for plots and saved models); the unit of
+            an astropy ``Quantity`` is kept as ``wavelength_unit_``.
         spatial_shape : tuple (ny, nx), optional
             Grid of the spectra (row = y * nx + x) for the ``spatial`` penalty.
         resume : bool, default=False
@@ -479,6 +497,7 @@ class SpectralNMF(_ParamsMixin):
         self
         """
         V.check_y(y, X, "fit")
+        X, ivar, wavelength, units = interop.fit_inputs(X, ivar, wavelength)
         self._validate_params()
         dt = V.check_dtype(self.dtype)
         xp, device = resolve_backend(self.backend)
@@ -514,7 +533,7 @@ class SpectralNMF(_ParamsMixin):
         def to_xp(a):
             return a if is_numpy_namespace(xp) else asarray(a, xp, dtype=dt, device=device)
 
-        def solve(C, T, max_iter, tol, **kw):
+        def solve(C, T, max_iter, tol, callback=None, **kw):
             solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties,
                                            n_components=C.shape[1])
             if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
@@ -524,9 +543,12 @@ class SpectralNMF(_ParamsMixin):
                     # blocks of spectra sorted by coverage skip the pixels none of them observe
                     large = engine.choose_block_rows(large, max(16, (3 << 17) // d))
                 engine.block_rows = min(n, large)
-            return run(solver, engine, to_xp(C), to_xp(T), max_iter=max_iter, tol=tol,
-                       patience=self.patience, penalties=penalties, xp=xp,
-                       verbose=self.verbose, **kw)
+            with progress_callback(self.progress, max_iter, callback,
+                                   start=kw.get("start_iter", 0),
+                                   desc=f"specnmf {self.solver} k={C.shape[1]}") as callback:
+                return run(solver, engine, to_xp(C), to_xp(T), max_iter=max_iter, tol=tol,
+                           patience=self.patience, penalties=penalties, xp=xp,
+                           verbose=self.verbose, callback=callback, **kw)
 
         resumed = self._resume_state(n, d) if resume else None
         if resumed is not None:
@@ -572,6 +594,7 @@ class SpectralNMF(_ParamsMixin):
         self.ivar_scale_ = float(summary.ivar_scale)
         self.n_features_in_ = d
         self.wavelength_ = wavelength
+        self.wavelength_unit_, self.flux_unit_ = units
         self.spatial_shape_ = spatial_shape
         if result.interrupted:
             logger.warning("fit interrupted by the user after %d iterations; the model holds "
@@ -603,7 +626,7 @@ class SpectralNMF(_ParamsMixin):
         from .checkpoint import fingerprint
 
         params = {key: value for key, value in self.get_params().items()
-                  if key not in ("max_iter", "tol", "patience", "verbose", "checkpoint",
+                  if key not in ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
                                  "checkpoint_every", "block_size")}
         return fingerprint(n, d, params)
 
@@ -715,6 +738,7 @@ class SpectralNMF(_ParamsMixin):
         from .solvers.nnls import nnls_covariance, nnls_gram, weighted_nnls
 
         self._check_fitted()
+        X, ivar = interop.transform_inputs(self, X, ivar)
         dt = self.templates_.dtype
         fast = self._transform_fast(X, ivar, return_uncertainty, return_covariance)
         if fast is not None:
@@ -841,6 +865,7 @@ class SpectralNMF(_ParamsMixin):
         0 where missing).  Missing pixels (``ivar == 0``) are 0.
         """
         self._check_fitted()
+        X, ivar = interop.transform_inputs(self, X, ivar)
         if coefficients is None:
             coefficients = self.transform(X, ivar=ivar)
         Xv, iv = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
@@ -855,6 +880,7 @@ class SpectralNMF(_ParamsMixin):
         ``set_score_request(ivar=True)``).  ``y`` is ignored.
         """
         V.check_y(y, X, "score")
+        X, ivar = interop.transform_inputs(self, X, ivar)
         C = self.transform(X, ivar=ivar)
         X, ivar = V.check_spectra(X, ivar, dtype=self.templates_.dtype)
         return -_chi2(X, ivar, C, self.templates_, np)
@@ -880,6 +906,15 @@ class SpectralNMF(_ParamsMixin):
             lines.append("  (not fitted)")
         return "\n".join(lines)
 
+    def templates_spectrum(self, *, wavelength_unit=None, flux_unit=None):
+        """The templates as one specutils ``Spectrum`` of shape (n_components, n_pixels).
+
+        See :func:`specnmf.interop.templates_spectrum` (needs specutils and a
+        wavelength grid).
+        """
+        return interop.templates_spectrum(self, wavelength_unit=wavelength_unit,
+                                          flux_unit=flux_unit)
+
     # -- persistence -------------------------------------------------------------------
     def save(self, path, *, overwrite=False):
         """Save the fitted model as FITS (``.fits``) or npz (``.npz``); never pickle."""
@@ -894,7 +929,10 @@ class SpectralNMF(_ParamsMixin):
 
         ``transform``, ``inverse_transform``, ``save`` and the plots work;
         there is no training history.  ``params`` are constructor parameters.
+        ``templates`` may be a specutils ``Spectrum`` (e.g. from
+        :meth:`templates_spectrum`), which brings its wavelength and units.
         """
+        templates, _, wavelength, units = interop.fit_inputs(templates, None, wavelength)
         T = V.check_factor(templates, "templates", dtype=V.check_dtype(params.get("dtype", "float64")))
         model = cls(T.shape[0], **params)
         model._validate_params()
@@ -914,6 +952,7 @@ class SpectralNMF(_ParamsMixin):
         model.ivar_scale_ = 1.0
         model.n_features_in_ = T.shape[1]
         model.wavelength_ = wavelength
+        model.wavelength_unit_, model.flux_unit_ = units
         model.spatial_shape_ = None
         return model
 

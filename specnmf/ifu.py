@@ -30,6 +30,8 @@ from numbers import Integral
 
 import numpy as np
 
+from . import interop
+
 logger = logging.getLogger("specnmf")
 
 __all__ = [
@@ -274,7 +276,10 @@ def fit_cube(model, cube, *, ivar=None, mask=None, wavelength=None, wave_axis=-1
     model : SpectralNMF
         The (unfitted) estimator; fitted in place.
     cube, ivar, mask, wave_axis
-        As in :func:`cube_to_matrix`.
+        As in :func:`cube_to_matrix`.  ``cube`` may also be a specutils
+        ``Spectrum`` or astropy ``NDData`` of shape (ny, nx, n_wave) (any
+        spectral axis); its uncertainty, mask, spectral axis and units are
+        used (:func:`specnmf.interop.as_arrays`).
     wavelength : array-like of shape (n_wave,), optional
         Stored on the model as ``wavelength_``.  Default: from the spectral
         WCS of ``header``, if it has one.
@@ -292,6 +297,10 @@ def fit_cube(model, cube, *, ivar=None, mask=None, wavelength=None, wave_axis=-1
     """
     if not hasattr(model, "fit"):
         raise TypeError(f"model must be an estimator with a fit method; got {type(model).__name__}")
+    units = None
+    if interop.is_container(cube):  # a specutils Spectrum / NDData cube, spectral axis read from it
+        cube, ivar, mask, wavelength, wave_axis, units = interop.cube_inputs(cube, ivar, mask,
+                                                                             wavelength)
     X, w, shape = cube_to_matrix(cube, ivar=ivar, mask=mask, wave_axis=wave_axis)
     if wavelength is None and header is not None:
         wavelength = wavelength_from_header(header, X.shape[1])
@@ -301,6 +310,8 @@ def fit_cube(model, cube, *, ivar=None, mask=None, wavelength=None, wave_axis=-1
             raise ValueError(f"wavelength must have shape ({X.shape[1]},), one value per "
                              f"wavelength pixel of cube; got {wavelength.shape}")
     model.fit(X, ivar=w, spatial_shape=shape, wavelength=wavelength)
+    if units is not None:
+        model.wavelength_unit_, model.flux_unit_ = units
     if header is not None:
         model.header_ = spectral_header(header)
     return model
