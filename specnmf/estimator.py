@@ -261,7 +261,7 @@ class SpectralNMF(_ParamsMixin):
     >>> truth = rng.uniform(size=(50, 2)) @ rng.uniform(size=(2, 40))
     >>> ivar = np.full(truth.shape, 100.0)
     >>> X = truth + rng.normal(scale=0.1, size=truth.shape)   # some X < 0
-    >>> model = SpectralNMF(2, random_state=0, max_iter=200).fit(X, ivar)
+    >>> model = SpectralNMF(2, random_state=0, max_iter=200).fit(X, ivar=ivar)
     >>> model.templates_.shape, model.coefficients_.shape
     ((2, 40), (50, 2))
     >>> bool(model.chi2_[-1] < model.chi2_[0])
