@@ -54,7 +54,7 @@ def correlation_matrix(A, B):
 
 
 def match_components(prototypes, components):
-    """One-to-one matching of components to prototypes by largest |correlation|.
+    """One-to-one matching of components to prototypes by largest absolute correlation.
 
     Solves the assignment problem (``scipy.optimize.linear_sum_assignment``)
     on the absolute Pearson correlations, so the sign of a component (free in

@@ -55,7 +55,7 @@ class DataSummary:
     n_observed : int
         Number of entries with ``ivar > 0``.
     weighted_sum_X, sum_abs : float
-        ``sum(ivar * X)`` and ``sum(ivar * |X|)``.
+        ``sum(ivar * X)`` and ``sum(ivar * abs(X))``.
     min_observed : float
         Smallest flux among observed entries (0 if none).
     empty_spectra : ndarray of bool, shape (n_spectra,)
@@ -77,7 +77,7 @@ class DataSummary:
 
     @property
     def data_scale(self) -> float:
-        """Typical positive flux: weighted mean of X, or of |X| if that is <= 0."""
+        """Typical positive flux: weighted mean of X, or of abs(X) if that is <= 0."""
         if self.sum_ivar <= 0:
             return 1.0
         mean = self.weighted_sum_X / self.sum_ivar

@@ -281,9 +281,9 @@ class SpectralNMF(_ParamsMixin):
         Alias of ``templates_`` (scikit-learn name).
     coefficients_ : ndarray of shape (n_spectra, n_components)
         Coefficients of the training spectra; 0 for spectra without weight.
-    chi2_ : ndarray of shape (n_iter_ + 1,)
+    chi2_ : ndarray of shape (``n_iter_`` + 1,)
         chi^2 before the first iteration and after each iteration.
-    objective_ : ndarray of shape (n_iter_ + 1,)
+    objective_ : ndarray of shape (``n_iter_`` + 1,)
         chi^2 plus penalties (equal to ``chi2_`` without penalties).
     history_ : dict of ndarray
         ``"chi2"`` and each active penalty's value, per iteration.

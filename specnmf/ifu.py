@@ -287,7 +287,7 @@ def fit_cube(model, cube, *, ivar=None, mask=None, wavelength=None, wave_axis=-1
         The cube's header (e.g. ``read_cube(path).header``).  Its spectral
         WCS is kept on the model as ``header_`` -- the templates' axis -- so
         ``model.save`` writes it; write the maps with
-        ``write_maps(path, coefficient_maps(model), header)`` to keep the
+        ``write_maps(path, coefficient_maps(model, (ny, nx)), header)`` to keep the
         celestial WCS.
 
     Returns

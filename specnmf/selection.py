@@ -169,7 +169,7 @@ def select_n_components(X, *, ivar=None, candidates=range(1, 9), holdout=0.1, ra
     >>> rng = np.random.default_rng(0)
     >>> truth = rng.gamma(2.0, size=(60, 2)) @ rng.uniform(size=(2, 40))
     >>> X = truth + rng.normal(scale=0.05, size=truth.shape)
-    >>> sel = select_n_components(X, np.full(X.shape, 400.0), candidates=[1, 2, 3],
+    >>> sel = select_n_components(X, ivar=np.full(X.shape, 400.0), candidates=[1, 2, 3],
     ...                           random_state=0, max_iter=300)
     >>> sel.best_
     2
