@@ -24,11 +24,16 @@ MODULES = [
     "specnmf.datasets._ifu",
     "specnmf.io",
     "specnmf.ifu",
+    "specnmf.interop",
 ]
+#: modules whose examples need an optional package
+NEEDS = {"specnmf.interop": "specutils"}
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
