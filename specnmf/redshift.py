@@ -946,10 +946,10 @@ def write_redrock(path, model_or_templates, *, wavelength=None, spectype="QSO", 
     hdr["LOGLAM"] = (loglam, "1: CRVAL1, CDELT1 are log10(wavelength)")
     hdr["RRTYPE"] = (str(spectype).strip().upper(), "spectral type")
     hdr["RRSUBTYP"] = (str(subtype).strip().upper(), "spectral subtype")
-    hdr["RRMETHOD"] = (method, "NMF: non-negative coefficients; PCA: least squares")
+    hdr["RRMETHOD"] = (method, "NMF: NNLS coefficients; PCA: least squares")
     hdr["RRIGM"] = (str(igm_model), "IGM model redrock applies")
     hdr["VERSION"] = (f"specnmf-{__version__}", "template version")
-    hdr["INSTRUME"] = ("specnmf", "written by specnmf.redshift.write_redrock")
+    hdr["INSTRUME"] = ("specnmf", "written by specnmf")
     hdus = [fits.PrimaryHDU(), fits.ImageHDU(T, header=hdr, name="BASIS_VECTORS")]
     if redshifts is not None:
         hdus.append(fits.ImageHDU(np.asarray(redshifts, dtype=np.float64), name="REDSHIFTS"))

@@ -252,7 +252,7 @@ def test_redrock_round_trip_agrees_on_simulated_quasars(tmp_path):
         T[k] += ew * (lam / 3000.0) ** -1.5 / (np.sqrt(2 * np.pi) * sig) \
             * np.exp(-0.5 * ((REST - lam) / sig) ** 2)
     sim = make_quasars(30, random_state=4, z_range=(0.3, 2.2), wavelength_range=(3600, 6500),
-                       dloglam=DL, snr=5.0, forest=False, dtype="float64")
+                       dloglam=DL, snr=20.0, forest=False, dtype="float64")
     wave = sim.wavelength
     z = redshift_grid(0.25, 2.3, wavelength=wave, template_wavelength=REST, step=2 * DL)
     path = tmp_path / "rrtemplate-qso.fits"
@@ -263,3 +263,46 @@ def test_redrock_round_trip_agrees_on_simulated_quasars(tmp_path):
     theirs = redrock_fit(path, sim.X, ivar=sim.ivar, wavelength=wave)
     agree = np.abs(ours.z - theirs["z"]) / (1 + ours.z) < 3e-4
     assert agree.mean() >= 0.98, np.c_[ours.z, theirs["z"]][~agree]
+
+
+def test_cli_redshift_and_export(tmp_path, capsys):
+    pytest.importorskip("astropy")
+    import warnings
+
+    from astropy.table import Table
+
+    from specnmf import SpectralNMF
+    from specnmf.cli import main
+    from specnmf.io import save_model, write_spectra
+
+    T = _templates()
+    rng = np.random.default_rng(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SpectralNMF(3, max_iter=5, random_state=0).fit(
+            rng.uniform(0.5, 1.5, size=(20, 3)) @ T, wavelength=REST)
+    model.templates_ = T                      # known templates, whatever the short fit found
+    save_model(model, tmp_path / "model.fits")
+    z_true = np.array([0.9, 1.2, 2.0])
+    X, ivar = _spectra(z_true, rng, snr=20.0)
+    write_spectra(tmp_path / "spectra.fits", X, ivar, wavelength=OBS)
+    out = tmp_path / "zbest.fits"
+    assert main(["redshift", str(tmp_path / "model.fits"), str(tmp_path / "spectra.fits"),
+                 "--z-range", "0.2,2.5", "-o", str(out), "-q"]) == 0
+    t = Table.read(out)
+    assert set(t.colnames) >= {"Z", "ZERR", "CHI2", "DELTACHI2", "ZWARN", "SPECTYPE", "COEFF"}
+    np.testing.assert_allclose(t["Z"], z_true, atol=3e-3 * 3.0)
+    rr = tmp_path / "rrtemplate-qso.fits"
+    assert main(["export", str(tmp_path / "model.fits"), "--format", "redrock", "--spectype",
+                 "QSO", "--z-range", "0.2,2.5", "-o", str(rr), "-q"]) == 0
+    ts = read_redrock(rr)
+    assert ts.method == "NMF" and ts.spectype == "QSO" and ts.redshifts[0] == pytest.approx(0.2)
+    # the exported file fits the same spectra with its own redshift grid
+    assert main(["redshift", str(rr), str(tmp_path / "spectra.fits"), "-o",
+                 str(tmp_path / "z2.fits"), "-q"]) == 0
+    np.testing.assert_allclose(Table.read(tmp_path / "z2.fits")["Z"], t["Z"], atol=2e-3)
+    capsys.readouterr()
+    # templates that do not cover the range: a clear error, exit status 2
+    assert main(["redshift", str(rr), str(tmp_path / "spectra.fits"), "--z-range", "0.0,6",
+                 "-o", str(tmp_path / "z3.fits")]) == 2
+    assert "do not cover" in capsys.readouterr().err
