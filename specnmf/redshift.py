@@ -29,20 +29,33 @@ cross-correlation of the weights with a fixed product of templates, done by
 FFT in float64 (the two end pixels are added exactly).  All (spectrum,
 redshift) problems are solved with the package's batched exact NNLS
 (:func:`specnmf.solvers.nnls.nnls_gram_packed`).  Other grids fall back to
-resampling at each redshift.  ``chi2 = sum ivar x^2 - 2 c.b + c^T G c``
-agrees with a brute-force weighted NNLS (:func:`scipy.optimize.nnls`) on the
-resampled templates to better than 1e-8 relative (tested); the redshift,
-chi^2 and coefficients reported for each minimum are recomputed directly from
-the residuals at that redshift.
+resampling at each redshift (the same numbers, slower).
+
+What is exact: ``chi2 = sum ivar x^2 - 2 c.b + c^T G c`` at every trial
+redshift agrees with a brute-force weighted NNLS (:func:`scipy.optimize.nnls`;
+least squares for PCA) on the resampled templates to 1e-8 relative (tested,
+with masked pixels and negative flux).  The FFT's absolute error (~1e-15 of
+the correlated arrays' norms) is bounded a posteriori for every problem;
+problems where it could move chi^2 by more than 1e-9 relative, or where a
+template barely touches the observed pixels (its ``G_kk`` below 1e-7 of its
+largest value), get Grams computed directly; problems whose unit-diagonal Gram
+is too ill-conditioned for the normal equations (pivot below 1e-9 for NNLS,
+eigenvalue below 1e-6 for least squares) are re-solved from the weighted
+pixels.  (For templates collinear on the observed pixels to ~1e-11 the
+least-squares chi^2 itself is not determined to 1e-8: LAPACK's drivers
+disagree.)  The chi^2 and coefficients reported for the best redshift are
+summed from the residuals there.
 
 Refinement, as redrock: local minima of the coarse chi^2 curve (up to
 ``n_minima`` per template set, more than ``dv_min`` km/s apart) are rescanned
 between their neighbouring grid points (every whole-pixel shift on the fast
 path, ``n_refine`` points otherwise) and a parabola through the three best
-points gives ``z`` and ``z_err`` (``chi2 = chi2_min + ((z - z0)/z_err)^2``).
-The best minimum over all template sets (lowest chi^2) is the answer;
+points gives the minimum.  The best minimum over all template sets (lowest
+chi^2) is the answer; it is refined once more by direct resampling at 9
+points spanning one step either side, and the parabola through the best three
+gives ``z`` and ``z_err`` (``chi2 = chi2_min + ((z - z0)/z_err)^2``).
 ``delta_chi2`` is the chi^2 of the next best minimum (of any set, more than
-``dv_min`` km/s away) minus the best.
+``dv_min`` km/s away) minus the best (``inf`` if there is none).
 
 ``zwarn`` bits (redrock's numbering, :class:`ZWarn`): ``LITTLE_COVERAGE``
 (fewer than 10 observed pixels per coefficient), ``SMALL_DELTA_CHI2``

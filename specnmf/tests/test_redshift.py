@@ -306,3 +306,28 @@ def test_cli_redshift_and_export(tmp_path, capsys):
     assert main(["redshift", str(rr), str(tmp_path / "spectra.fits"), "--z-range", "0.0,6",
                  "-o", str(tmp_path / "z3.fits")]) == 2
     assert "do not cover" in capsys.readouterr().err
+
+
+def test_docstring_examples():
+    import doctest
+
+    import specnmf.redshift
+
+    result = doctest.testmod(specnmf.redshift, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_nnls_gram_packed_matches_nnls_gram():
+    from specnmf.solvers.nnls import nnls_gram, nnls_gram_packed
+
+    rng = np.random.default_rng(7)
+    A = rng.normal(size=(500, 12, 4))
+    G = np.einsum("mjk,mjl->mkl", A, A)
+    b = np.einsum("mjk,mj->mk", A, rng.normal(size=(500, 12)))
+    iu = np.triu_indices(4)
+    x, fragile = nnls_gram_packed(G[:, iu[0], iu[1]], b, return_fragile=True)
+    np.testing.assert_allclose(x, nnls_gram(G, b), atol=1e-10)
+    assert not fragile.any()
+    G[0, 3, :] = G[0, :, 3] = G[0, 2, :] = G[0, :, 2] = 0.0     # template absent
+    x = nnls_gram_packed(G[:, iu[0], iu[1]], b)
+    assert np.all(x[0, 2:] == 0)
