@@ -22,16 +22,16 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CATASTROPHIC = 0.0033
@@ -56,8 +56,13 @@ def train_templates(n_train, n_components, max_iter, seed, dloglam=1e-4):
 def run(n=60, n_train=600, n_components=5, max_iter=200, step_pixels=2, snr=2.0, seed=0,
         smoke=False):
     from specnmf.datasets._simulate import make_quasars
-    from specnmf.redshift import (fit_redshifts, read_redrock, redrock_fit, redshift_grid,
-                                  write_redrock)
+    from specnmf.redshift import (
+        fit_redshifts,
+        read_redrock,
+        redrock_fit,
+        redshift_grid,
+        write_redrock,
+    )
 
     if smoke:
         n, n_train, max_iter, step_pixels = 4, 60, 5, 20
@@ -111,21 +116,21 @@ def run(n=60, n_train=600, n_components=5, max_iter=200, step_pixels=2, snr=2.0,
 
 def table(r):
     return "\n".join([
-        "| spectra x pixels | templates | trial z | specnmf | redrock 0.21 | ratio | "
-        "same z (3e-4 (1+z)) | success specnmf / redrock |",
+        ("| spectra x pixels | templates | trial z | specnmf | redrock 0.21 | ratio | "
+         "same z (3e-4 (1+z)) | success specnmf / redrock |"),
         "|---|---|---|---|---|---|---|---|",
-        f"| {r['n_spectra']} x {r['n_pixels']} | {r['n_templates']} NMF | {r['n_redshifts']} | "
-        f"{r['specnmf_s']:.2f} s ({r['specnmf_ms_per_spectrum']:.1f} ms/spectrum) | "
-        f"{r['redrock_s']:.1f} s ({r['redrock_ms_per_spectrum']:.0f} ms/spectrum) | "
-        f"**{r['ratio']:.0f}x** | {100 * r['agree_3e-4']:.0f} % | "
-        f"{100 * r['success_specnmf']:.0f} % / {100 * r['success_redrock']:.0f} % |",
+        (f"| {r['n_spectra']} x {r['n_pixels']} | {r['n_templates']} NMF | {r['n_redshifts']} | "
+         f"{r['specnmf_s']:.2f} s ({r['specnmf_ms_per_spectrum']:.1f} ms/spectrum) | "
+         f"{r['redrock_s']:.1f} s ({r['redrock_ms_per_spectrum']:.0f} ms/spectrum) | "
+         f"**{r['ratio']:.0f}x** | {100 * r['agree_3e-4']:.0f} % | "
+         f"{100 * r['success_specnmf']:.0f} % / {100 * r['success_redrock']:.0f} % |"),
         "",
         f"Same z among the {r['n_both_dchi2_ge_9']} spectra with delta chi^2 >= 9 in both: "
         + ("n/a" if r["agree_3e-4_both_dchi2_ge_9"] is None else
            f"{100 * r['agree_3e-4_both_dchi2_ge_9']:.0f} %") + ".",
         "",
-        f"One process, one thread each; load average {r['load_avg']:.1f} at the end; "
-        f"peak RSS {r['peak_rss_mib']:.0f} MiB; {r['date']}.",
+        (f"One process, one thread each; load average {r['load_avg']:.1f} at the end; "
+         f"peak RSS {r['peak_rss_mib']:.0f} MiB; {r['date']}."),
     ])
 
 

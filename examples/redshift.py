@@ -33,17 +33,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _common
 
 CATASTROPHIC = 0.0033
 CONFIDENT = 25.0
 CONFIG = {
-    "tiny": dict(n_train=60, max_iter=10, pca_iter=3, n_test=8, n_redrock=2, snrs=(1.0, 4.0),
-                 step_pixels=40),
-    "reduced": dict(n_train=1000, max_iter=300, pca_iter=25, n_test=150, n_redrock=40,
-                    snrs=(0.5, 1.0, 2.0, 4.0), step_pixels=5),
-    "paper": dict(n_train=5000, max_iter=1000, pca_iter=50, n_test=1000, n_redrock=200,
-                  snrs=(0.5, 1.0, 2.0, 4.0), step_pixels=2),
+    "tiny": {"n_train": 60, "max_iter": 10, "pca_iter": 3, "n_test": 8, "n_redrock": 2,
+             "snrs": (1.0, 4.0), "step_pixels": 40},
+    "reduced": {"n_train": 1000, "max_iter": 300, "pca_iter": 25, "n_test": 500,
+                "n_redrock": 40, "snrs": (0.5, 1.0, 2.0, 4.0), "step_pixels": 5},
+    "paper": {"n_train": 5000, "max_iter": 1000, "pca_iter": 50, "n_test": 1000,
+              "n_redrock": 200, "snrs": (0.5, 1.0, 2.0, 4.0), "step_pixels": 2},
 }
 N_COMPONENTS = 5
 Z_TRAIN = (0.0, 4.1)
@@ -82,7 +82,12 @@ def main(argv=None):
     from specnmf import SpectralNMF
     from specnmf.datasets._simulate import make_quasars
     from specnmf.preprocess import rest_frame_grid, to_rest_frame
-    from specnmf.redshift import (fit_redshifts, read_redrock, redshift_grid, write_redrock)
+    from specnmf.redshift import (
+        fit_redshifts,
+        read_redrock,
+        redshift_grid,
+        write_redrock,
+    )
 
     t0 = time.perf_counter()
     train = make_quasars(cfg["n_train"], random_state=args.seed, z_range=Z_TRAIN, snr=3.0)
@@ -118,8 +123,9 @@ def main(argv=None):
                       method="PCA")
         sets = {k: read_redrock(p) for k, p in paths.items()}
         try:
-            from specnmf.redshift import redrock_fit
             import redrock  # noqa: F401
+
+            from specnmf.redshift import redrock_fit
             have_redrock = True
         except ImportError:
             have_redrock = False
@@ -164,7 +170,7 @@ def main(argv=None):
 def _metrics(fitter, method, snr, z_true, z, delta, zwarn, seconds):
     dz = np.abs(np.asarray(z) - z_true) / (1 + z_true)
     cat = ~(dz <= CATASTROPHIC)          # NaN (no data) counts as a failure
-    return {"fitter": fitter, "templates": method, "snr": float(snr), "n": int(len(z_true)),
+    return {"fitter": fitter, "templates": method, "snr": float(snr), "n": len(z_true),
             "success": float(np.mean(~cat)), "catastrophic": float(np.mean(cat)),
             "confident_wrong": float(np.mean(cat & (np.asarray(delta) > CONFIDENT))),
             "zwarn0": float(np.mean(np.asarray(zwarn) == 0)),
@@ -173,8 +179,8 @@ def _metrics(fitter, method, snr, z_true, z, delta, zwarn, seconds):
 
 
 def _table(rows):
-    lines = ["| fitter | templates | S/N | n | success | catastrophic | confident wrong "
-             "(dchi2 > 25) | catastrophic with zwarn = 0 |",
+    lines = [("| fitter | templates | S/N | n | success | catastrophic | confident wrong "
+              "(dchi2 > 25) | catastrophic with zwarn = 0 |"),
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['fitter']} | {r['templates']} | {r['snr']:g} | {r['n']} | "

@@ -75,8 +75,18 @@ import numpy as np
 from ._validation import check_spectra
 from .solvers.nnls import nnls_gram_packed
 
-__all__ = ["fit_redshifts", "RedshiftResult", "TemplateSet", "ZWarn", "resample_templates",
-           "pixel_edges", "redshift_grid", "write_redrock", "read_redrock", "redrock_fit"]
+__all__ = [
+    "RedshiftResult",
+    "TemplateSet",
+    "ZWarn",
+    "fit_redshifts",
+    "pixel_edges",
+    "read_redrock",
+    "redrock_fit",
+    "redshift_grid",
+    "resample_templates",
+    "write_redrock",
+]
 
 logger = logging.getLogger("specnmf")
 
@@ -319,7 +329,7 @@ def redshift_grid(z_min, z_max, *, wavelength=None, template_wavelength=None, st
             raise ValueError(f"step must be > 0; got {step!r}")
         return 10 ** np.arange(lo, hi + 0.5 * step, step) - 1
     (o0, dl), (t0, _) = grids
-    n = 1 if step is None else max(1, int(round(float(step) / dl)))
+    n = 1 if step is None else max(1, round(float(step) / dl))
     # log10(1+z) = o0 - t0 - k dl for whole k (pixel 0 on template knot k)
     k_hi = int(np.floor((o0 - t0 - lo) / dl + 1e-6))
     k_lo = int(np.ceil((o0 - t0 - hi) / dl - 1e-6))
@@ -756,10 +766,10 @@ def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template
     qmax = max(s.templates.shape[0] for s in sets)
     curves = {nm: np.empty((n, z.size)) for nm, z in zip(names, grids)} if return_chi2_curve \
         else None
-    res = dict(z=np.full(n, np.nan), z_err=np.full(n, np.nan), chi2=np.full(n, np.nan),
-               delta_chi2=np.full(n, np.inf), zwarn=np.zeros(n, dtype=np.int64),
-               spectype=np.empty(n, dtype=object), subtype=np.empty(n, dtype=object),
-               coefficients=np.zeros((n, qmax)), npixels=(W > 0).sum(axis=1))
+    res = {"z": np.full(n, np.nan), "z_err": np.full(n, np.nan), "chi2": np.full(n, np.nan),
+           "delta_chi2": np.full(n, np.inf), "zwarn": np.zeros(n, dtype=np.int64),
+           "spectype": np.empty(n, dtype=object), "subtype": np.empty(n, dtype=object),
+           "coefficients": np.zeros((n, qmax)), "npixels": (W > 0).sum(axis=1)}
     for start in range(0, n, block_size):
         sl = slice(start, min(n, start + block_size))
         cands = [[] for _ in range(sl.stop - sl.start)]
@@ -1052,9 +1062,10 @@ def redrock_fit(template_paths, flux, *, ivar, wavelength, nminima=3):
         _, zfit = zfind(dtarg, dtemps, mp_procs=1, nminima=nminima)
     best = zfit[zfit["znum"] == 0]
     best = best[np.argsort(np.asarray(best["targetid"]))]
-    return dict(z=np.asarray(best["z"], dtype=float), z_err=np.asarray(best["zerr"], dtype=float),
-                chi2=np.asarray(best["chi2"], dtype=float),
-                delta_chi2=np.asarray(best["deltachi2"], dtype=float),
-                zwarn=np.asarray(best["zwarn"], dtype=np.int64),
-                spectype=np.asarray(best["spectype"]).astype(str),
-                coefficients=np.asarray(best["coeff"], dtype=float))
+    return {"z": np.asarray(best["z"], dtype=float),
+            "z_err": np.asarray(best["zerr"], dtype=float),
+            "chi2": np.asarray(best["chi2"], dtype=float),
+            "delta_chi2": np.asarray(best["deltachi2"], dtype=float),
+            "zwarn": np.asarray(best["zwarn"], dtype=np.int64),
+            "spectype": np.asarray(best["spectype"]).astype(str),
+            "coefficients": np.asarray(best["coeff"], dtype=float)}

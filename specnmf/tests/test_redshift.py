@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from specnmf.redshift import (TemplateSet, ZWarn, _Scanner, fit_redshifts, pixel_edges,
-                              read_redrock, redshift_grid, resample_templates, write_redrock)
+from specnmf.redshift import (
+    TemplateSet,
+    ZWarn,
+    _Scanner,
+    fit_redshifts,
+    pixel_edges,
+    read_redrock,
+    redshift_grid,
+    resample_templates,
+    write_redrock,
+)
 
 DL = 1e-3
 REST = 10 ** (np.log10(900.0) + DL * np.arange(900))          # 900 - 7100 A
@@ -236,10 +245,8 @@ def test_redrock_round_trip_agrees_on_simulated_quasars(tmp_path):
     pytest.importorskip("redrock")
     from redrock.templates import Template
 
-    from specnmf.datasets._simulate import make_quasars
+    from specnmf.datasets._simulate import QUASAR_LINES, make_quasars
     from specnmf.redshift import redrock_fit
-
-    from specnmf.datasets._simulate import QUASAR_LINES
 
     # templates from the simulator's own recipe (a power law, the broad lines,
     # the narrow [OIII] and H-alpha), at a coarse resolution so the test stays small
