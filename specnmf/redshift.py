@@ -782,6 +782,10 @@ def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template
             _choose(res, start + i, cand, sets, scanners, X[start + i], W[start + i], dv_min)
         if progress is not None:
             progress(sl.stop, n)
+    for nm, sc in zip(names, scanners):
+        logger.debug("redshift %s: %d problems with Grams recomputed directly (FFT error "
+                     "bound), %d re-solved from the pixels (ill-conditioned)", nm,
+                     sc.n_repaired, sc.n_fragile)
     res["spectype"] = res["spectype"].astype(str)
     res["subtype"] = res["subtype"].astype(str)
     return RedshiftResult(**res, redshifts=dict(zip(names, grids)), chi2_curve=curves)
