@@ -383,7 +383,7 @@ def _as_sets(templates, template_wavelength, nonnegative):
 class _Scanner:
     """chi^2 of blocks of spectra against one template set at arbitrary redshifts."""
 
-    def __init__(self, ts, wavelength, redshifts):
+    def __init__(self, ts, wavelength):
         self.T = np.asarray(ts.templates, dtype=np.float64)
         self.tw = ts.wavelength
         self.q = self.T.shape[0]
@@ -684,7 +684,9 @@ def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template
         (a dict maps ``"SPECTYPE"`` or ``"SPECTYPE:::SUBTYPE"`` to templates);
         the best class is chosen by chi^2.
     flux : array-like of shape (n_spectra, n_pixels)
-        Observed flux; may be negative; NaN allowed where ``ivar == 0``.
+        Observed flux; may be negative; NaN allowed where ``ivar == 0``.  Any
+        array with row slicing (``np.memmap``, an HDF5 dataset) is read and
+        validated ``block_size`` rows at a time.
     ivar : array-like of shape (n_spectra, n_pixels)
         Inverse variance; 0 marks missing pixels.
     wavelength : array-like of shape (n_pixels,)
@@ -735,11 +737,17 @@ def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template
     names = [s.fulltype for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"template sets need distinct spectype/subtype; got {names}")
-    X, W = check_spectra(flux, ivar)
-    X = np.where(W > 0, X, 0.0)
+    if not hasattr(flux, "shape") or len(flux.shape) != 2:
+        flux = np.asarray(flux)
+    if not hasattr(ivar, "shape"):
+        ivar = np.asarray(ivar)
+    if len(flux.shape) != 2 or tuple(ivar.shape) != tuple(flux.shape):
+        raise ValueError(f"flux must be 2-D (n_spectra, n_pixels) and ivar of its shape; got "
+                         f"{tuple(flux.shape)} and {tuple(ivar.shape)}")
     wave = _check_wavelength(wavelength, "wavelength")
-    if wave.size != X.shape[1]:
-        raise ValueError(f"wavelength has {wave.size} values but flux has {X.shape[1]} pixels")
+    if wave.size != flux.shape[1]:
+        raise ValueError(f"wavelength has {wave.size} values but flux has {flux.shape[1]} "
+                         "pixels")
     for name, val in (("n_minima", n_minima), ("n_refine", n_refine), ("block_size", block_size)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"{name} must be a positive integer; got {val!r}")
@@ -755,31 +763,35 @@ def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template
             raise ValueError("redshifts must be finite, > -1, strictly increasing, at least 3")
         _check_coverage(s.wavelength, pixel_edges(wave), z, f"templates {s.fulltype}")
         grids.append(z)
-    scanners = [_Scanner(s, wave, z) for s, z in zip(sets, grids)]
+    scanners = [_Scanner(s, wave) for s in sets]
     for sc, z in zip(scanners, grids):
         sc.zlo, sc.zhi = z[0], z[-1]
     lags = [sc.lag_of(z) for sc, z in zip(scanners, grids)]
     for s, lg in zip(sets, lags):
         logger.debug("template set %s: %s path", s.fulltype, "FFT" if lg is not None else "direct")
 
-    n = X.shape[0]
+    n = flux.shape[0]
     qmax = max(s.templates.shape[0] for s in sets)
     curves = {nm: np.empty((n, z.size)) for nm, z in zip(names, grids)} if return_chi2_curve \
         else None
     res = {"z": np.full(n, np.nan), "z_err": np.full(n, np.nan), "chi2": np.full(n, np.nan),
            "delta_chi2": np.full(n, np.inf), "zwarn": np.zeros(n, dtype=np.int64),
            "spectype": np.empty(n, dtype=object), "subtype": np.empty(n, dtype=object),
-           "coefficients": np.zeros((n, qmax)), "npixels": (W > 0).sum(axis=1)}
+           "coefficients": np.zeros((n, qmax)), "npixels": np.zeros(n, dtype=np.int64)}
     for start in range(0, n, block_size):
         sl = slice(start, min(n, start + block_size))
+        # validated block by block: flux may be a memory map or an HDF5 dataset
+        X, W = check_spectra(flux[sl], ivar[sl])
+        X = np.where(W > 0, X, 0.0)
+        res["npixels"][sl] = (W > 0).sum(axis=1)
         cands = [[] for _ in range(sl.stop - sl.start)]
         for si, (sc, z, lg) in enumerate(zip(scanners, grids, lags)):
-            found = _scan_block(sc, X[sl], W[sl], z, lg, n_minima, dv_min, n_refine, curves,
+            found = _scan_block(sc, X, W, z, lg, n_minima, dv_min, n_refine, curves,
                                 names[si], sl)
             for i, fi in enumerate(found):
                 cands[i].extend(f + (si,) for f in fi)
         for i, cand in enumerate(cands):
-            _choose(res, start + i, cand, sets, scanners, X[start + i], W[start + i], dv_min)
+            _choose(res, start + i, cand, sets, scanners, X[i], W[i], dv_min)
         if progress is not None:
             progress(sl.stop, n)
     for nm, sc in zip(names, scanners):
