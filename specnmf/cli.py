@@ -589,6 +589,131 @@ def _demo_figure(model, clip, X, ivar):
 # ---------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------
+# ---------------------------------------------------------------------------
+# redshift, export
+# ---------------------------------------------------------------------------
+def _load_templates(path):
+    """A saved specnmf model or a redrock template file (BASIS_VECTORS HDU)."""
+    from .redshift import read_redrock
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    if path.lower().endswith((".fits", ".fit", ".fits.gz")):
+        from astropy.io import fits
+
+        with fits.open(path) as hdul:
+            is_redrock = "BASIS_VECTORS" in hdul
+        if is_redrock:
+            return read_redrock(path)
+    model = _load(path)
+    if getattr(model, "wavelength_", None) is None:
+        raise UsageError(f"{path}: the model has no wavelength_ (fit it with a wavelength "
+                         "grid) so its templates cannot be redshifted")
+    return model
+
+
+def _parse_z_range(text):
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ZMIN,ZMAX (e.g. 0.05,4); got {text!r}") from None
+    if not (-1 < lo < hi):
+        raise argparse.ArgumentTypeError(f"need -1 < ZMIN < ZMAX; got {text!r}")
+    return lo, hi
+
+
+def _write_zbest(path, result, overwrite):
+    table = {"Z": result.z, "ZERR": result.z_err, "CHI2": result.chi2,
+             "DELTACHI2": result.delta_chi2, "ZWARN": result.zwarn,
+             "SPECTYPE": result.spectype, "SUBTYPE": result.subtype,
+             "COEFF": result.coefficients, "NPIXELS": result.npixels}
+    if path.lower().endswith(".npz"):
+        np.savez(path, **{k.lower(): np.asarray(v) for k, v in table.items()})
+        return
+    if not path.lower().endswith((".fits", ".fit")):
+        raise UsageError(f"{path}: the redshift table is written as .fits or .npz")
+    try:
+        from astropy.table import Table
+    except ImportError:
+        raise UsageError("writing FITS needs astropy (pip install 'specnmf[fits]'); "
+                         "or write .npz") from None
+    t = Table(table)
+    t.meta["EXTNAME"] = "REDSHIFTS"
+    t.write(path, format="fits", overwrite=overwrite)
+
+
+def cmd_redshift(args):
+    from .redshift import TemplateSet, fit_redshifts, redshift_grid
+
+    _check_output(args.output, args.overwrite)
+    templates = [_load_templates(p) for p in [args.model] + list(args.templates or [])]
+    spectra = _read(args.input, args.hdu)
+    if spectra.wavelength is None:
+        raise UsageError(f"{args.input} has no wavelength grid; redshifts need one")
+    wave = np.asarray(spectra.wavelength, dtype=np.float64)
+    sets = []
+    for i, t in enumerate(templates):
+        if not isinstance(t, TemplateSet):   # a specnmf model
+            T = np.asarray(t.templates_, dtype=np.float64)
+            t = TemplateSet(T, np.asarray(t.wavelength_, dtype=np.float64),
+                            args.spectype.upper() if i == 0 else f"{args.spectype.upper()}{i}",
+                            method="NMF" if np.all(T >= 0) else "PCA")
+        sets.append(t)
+    z = None
+    if args.z_range is not None:
+        z = redshift_grid(*args.z_range, wavelength=wave, template_wavelength=sets[0].wavelength,
+                          step=args.z_step)
+    elif any(t.redshifts is None for t in sets):
+        raise UsageError("--z-range is required (the templates carry no redshift grid)")
+    bar = None
+    progress = None
+    if _verbose_for_progress(args):
+        bar = _ProgressBar(spectra.shape[0], sys.stderr)
+        _ProgressBar.active = bar
+
+        def progress(done, total):
+            bar.update(done, force=done == total)
+    t0 = time.monotonic()
+    try:
+        result = fit_redshifts(sets, np.asarray(spectra.flux),
+                               ivar=np.asarray(spectra.ivar), wavelength=wave, redshifts=z,
+                               block_size=args.block_size, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    _write_zbest(args.output, result, args.overwrite)
+    n = result.z.size
+    good = np.count_nonzero(result.zwarn == 0)
+    print(f"spectra:          {n}")
+    print(f"zwarn == 0:       {good} ({100 * good / max(n, 1):.1f}%)")
+    if n:
+        kinds, counts = np.unique(result.spectype, return_counts=True)
+        print("spectype:         " + ", ".join(f"{k} {c}" for k, c in zip(kinds, counts)))
+    print(f"time:             {_seconds(time.monotonic() - t0)}")
+    print(f"wrote:            {args.output}")
+    return 0
+
+
+def cmd_export(args):
+    from .redshift import write_redrock
+
+    _check_output(args.output, args.overwrite)
+    model = _load(args.model)
+    if getattr(model, "wavelength_", None) is None:
+        raise UsageError(f"{args.model}: the model has no wavelength_; export needs the "
+                         "rest-frame wavelength grid")
+    z = None
+    if args.z_range is not None:
+        lo, hi = args.z_range
+        step = 5e-4 if args.z_step is None else args.z_step
+        z = 10 ** np.arange(np.log10(1 + lo), np.log10(1 + hi) + step / 2, step) - 1
+    write_redrock(args.output, model, spectype=args.spectype, subtype=args.subtype,
+                  igm_model=args.igm_model, redshifts=z, overwrite=args.overwrite)
+    print(f"templates:        {model.templates_.shape[0]} x {model.templates_.shape[1]} pixels")
+    print(f"wrote:            {args.output} (redrock {args.spectype.upper()})")
+    return 0
+
+
 def _common(parser):
     g = parser.add_argument_group("output control")
     g.add_argument("-q", "--quiet", action="store_true",
@@ -717,6 +842,56 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("redshift", help="redshifts of spectra with a model's (or redrock) templates",
+                       description=_wrap("Fit each spectrum in INPUT (observed frame, with a "
+                                   "wavelength grid) with the rest-frame templates of MODEL (a "
+                                   "specnmf model or a redrock template file) at every trial "
+                                   "redshift (NNLS for non-negative templates) and write the "
+                                   "best redshift per spectrum: Z, ZERR, CHI2, DELTACHI2, "
+                                   "ZWARN, SPECTYPE, SUBTYPE, COEFF, NPIXELS."),
+                       epilog=_example("specnmf redshift model.fits spectra.fits --z-range 0.05,4 "
+                                       "-o zbest.fits"),
+                       formatter_class=_Formatter)
+    p.add_argument("model", help="model file (rest-frame templates) or redrock template file")
+    p.add_argument("input", help="spectra file with a wavelength grid")
+    p.add_argument("-o", "--output", required=True, help="redshift table (.fits or .npz)")
+    p.add_argument("--templates", nargs="+", default=None, metavar="FILE",
+                   help="more template sets (e.g. redrock GALAXY/STAR files); the best "
+                        "class is chosen by chi^2")
+    p.add_argument("--z-range", type=_parse_z_range, default=None, metavar="ZMIN,ZMAX",
+                   help="trial redshift range (default: the redrock file's own grid)")
+    p.add_argument("--z-step", type=float, default=None,
+                   help="step in log10(1+z) (default: one pixel of a log-lambda grid, else 1e-4)")
+    p.add_argument("--spectype", default="QSO", help="class name of MODEL's templates (QSO)")
+    p.add_argument("--block-size", type=int, default=16, help="spectra per block (default 16)")
+    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common(p)
+    p.set_defaults(func=cmd_redshift)
+
+    p = sub.add_parser("export", help="export a model's templates for another program",
+                       description=_wrap("Write a saved model's templates in another format: "
+                                   "'redrock' writes a redrock template file (RRMETHOD NMF for "
+                                   "non-negative templates) that redrock.templates.Template "
+                                   "loads."),
+                       epilog=_example("specnmf export model.fits --format redrock --spectype QSO "
+                                       "-o rrtemplate-qso.fits"),
+                       formatter_class=_Formatter)
+    p.add_argument("model", help="model file")
+    p.add_argument("-o", "--output", required=True, help="output file")
+    p.add_argument("--format", choices=("redrock",), default="redrock", help="output format")
+    p.add_argument("--spectype", default="QSO", help="redrock RRTYPE (default QSO)")
+    p.add_argument("--subtype", default="", help="redrock RRSUBTYP (default none)")
+    p.add_argument("--igm-model", default="None",
+                   help="redrock RRIGM: IGM transmission redrock applies (default None)")
+    p.add_argument("--z-range", type=_parse_z_range, default=None, metavar="ZMIN,ZMAX",
+                   help="write redrock's trial redshifts (REDSHIFTS HDU) over this range")
+    p.add_argument("--z-step", type=float, default=None,
+                   help="their step in log10(1+z) (default 5e-4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common(p)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

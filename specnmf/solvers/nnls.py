@@ -68,7 +68,7 @@ import numpy as np
 from .. import _kernels
 from .gram import unpack as _gram_unpack
 
-__all__ = ["nnls_gram", "weighted_nnls", "spectrum_grams", "nnls_covariance"]
+__all__ = ["nnls_gram", "nnls_gram_packed", "weighted_nnls", "spectrum_grams", "nnls_covariance"]
 
 logger = logging.getLogger("specnmf")
 
@@ -429,6 +429,71 @@ def nnls_gram(G, b, *, x0=None, max_iter=None):
         F0 = None if x0 is None else np.ascontiguousarray(x0[sl].T > 0)
         out[sl] = _nnls_chunk(Gc, bc, F0, int(max_iter))[0].T
     return out[0] if single else out
+
+
+def nnls_gram_packed(G, b, *, return_fragile=False):
+    r""":func:`nnls_gram` for Grams packed as their upper triangles.
+
+    The compiled route to the same problems (used by
+    :mod:`specnmf.redshift`, which makes millions of them): with numba, the
+    well-conditioned problems are solved by the kernel of
+    :func:`weighted_nnls` (same unit-diagonal scaling and KKT test), the
+    others (pivot below ``1e-3`` or failing the test) by :func:`nnls_gram`'s
+    pivoting; without numba, :func:`nnls_gram` solves them all.
+
+    Parameters
+    ----------
+    G : array-like of shape (n_problems, q (q + 1) / 2)
+        Upper triangles of symmetric positive semi-definite (q, q) matrices,
+        row by row (the order of ``numpy.triu_indices(q)``).
+    b : array-like of shape (n_problems, q)
+    return_fragile : bool, default False
+        Also return which problems' unit-diagonal Gram has a pivot below
+        1e-9: the normal equations then carry too few digits for an exact
+        chi^2, and the caller should re-solve them from the data (as
+        :func:`weighted_nnls` does).
+
+    Returns
+    -------
+    x : ndarray of shape (n_problems, q)
+    fragile : ndarray of bool, shape (n_problems,)
+        Only with ``return_fragile``.
+    """
+    G = np.ascontiguousarray(G, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    m, q = b.shape
+    if G.shape != (m, q * (q + 1) // 2):
+        raise ValueError(f"G must have shape ({m}, {q * (q + 1) // 2}) for b of shape "
+                         f"{b.shape}; got {G.shape}")
+    x = np.zeros((m, q))
+    fragile = np.zeros(m, dtype=bool)
+    if m == 0:
+        return (x, fragile) if return_fragile else x
+    if _kernels.available() and q <= _kernels.MAX_Q:
+        status = np.zeros(m, dtype=np.int8)
+        _kernels._nnls_rows(G, b, x, status, _FRAGILE_PIVOT, _REFINE_BELOW, _KKT_RTOL,
+                            _FREE_GRAD_FACTOR)
+        rest = np.flatnonzero(status != _kernels.SOLVED)
+        fragile[status == _kernels.FRAGILE] = True
+    else:
+        rest = np.arange(m)
+    if rest.size:
+        iu = np.triu_indices(q)
+        Gf = np.zeros((rest.size, q, q))
+        Gf[:, iu[0], iu[1]] = G[rest]
+        Gf[:, iu[1], iu[0]] = G[rest]
+        if not return_fragile:
+            x[rest] = nnls_gram(Gf, b[rest])
+        else:
+            step = max(1, _CHUNK_ELEMENTS // (q * q))
+            for start in range(0, rest.size, step):
+                sl = slice(start, min(rest.size, start + step))
+                xs, pivot = _nnls_chunk(np.ascontiguousarray(np.transpose(Gf[sl], (1, 2, 0))),
+                                        np.ascontiguousarray(b[rest[sl]].T), None,
+                                        _default_max_iter(q))
+                x[rest[sl]] = xs.T
+                fragile[rest[sl]] |= pivot < _FRAGILE_PIVOT
+    return (x, fragile) if return_fragile else x
 
 
 # --------------------------------------------------------------------------
