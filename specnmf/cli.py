@@ -689,7 +689,9 @@ def cmd_redshift(args):
     if n:
         kinds, counts = np.unique(result.spectype, return_counts=True)
         print("spectype:         " + ", ".join(f"{k} {c}" for k, c in zip(kinds, counts)))
-    print(f"time:             {_seconds(time.monotonic() - t0)}")
+    from .progress import format_seconds
+
+    print(f"time:             {format_seconds(time.monotonic() - t0)}")
     print(f"wrote:            {args.output}")
     return 0
 

@@ -292,7 +292,7 @@ def test_cli_redshift_and_export(tmp_path, capsys):
     save_model(model, tmp_path / "model.fits")
     z_true = np.array([0.9, 1.2, 2.0])
     X, ivar = _spectra(z_true, rng, snr=20.0)
-    write_spectra(tmp_path / "spectra.fits", X, ivar, wavelength=OBS)
+    write_spectra(tmp_path / "spectra.fits", X, ivar=ivar, wavelength=OBS)
     out = tmp_path / "zbest.fits"
     assert main(["redshift", str(tmp_path / "model.fits"), str(tmp_path / "spectra.fits"),
                  "--z-range", "0.2,2.5", "-o", str(out), "-q"]) == 0
