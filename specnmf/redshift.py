@@ -670,7 +670,8 @@ def _parabola(z3, y3):
     return zv, 1.0 / np.sqrt(a), y0 + m1 * (zv - x0) + a * (zv - x0) * (zv - x1)
 
 
-def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template_wavelength=None,
+def fit_redshifts(templates, flux, *, ivar=None, wavelength=None, redshifts=None,
+                  template_wavelength=None,
                   nonnegative=True, n_minima=3, dv_min=1000.0, n_refine=15, block_size=16,
                   return_chi2_curve=False, progress=None):
     r"""Best redshift of each spectrum against one or several template sets.
@@ -683,14 +684,18 @@ def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template
         :class:`TemplateSet` (e.g. from :func:`read_redrock`), or several
         (a dict maps ``"SPECTYPE"`` or ``"SPECTYPE:::SUBTYPE"`` to templates);
         the best class is chosen by chi^2.
-    flux : array-like of shape (n_spectra, n_pixels)
+    flux : array-like of shape (n_spectra, n_pixels), or a specutils Spectrum / NDData
         Observed flux; may be negative; NaN allowed where ``ivar == 0``.  Any
         array with row slicing (``np.memmap``, an HDF5 dataset) is read and
-        validated ``block_size`` rows at a time.
-    ivar : array-like of shape (n_spectra, n_pixels)
-        Inverse variance; 0 marks missing pixels.
+        validated ``block_size`` rows at a time.  A ``Spectrum``/``NDData``
+        brings its own ``ivar`` (uncertainty, mask) and spectral axis, which is
+        converted to the templates' unit (a model's ``wavelength_unit_``, else
+        Angstrom, redrock's).
+    ivar : array-like of shape (n_spectra, n_pixels), optional (keyword-only)
+        Inverse variance; 0 marks missing pixels.  ``None``: unit weights.
     wavelength : array-like of shape (n_pixels,)
-        Observed wavelength of the pixel centres (same units as the templates').
+        Observed wavelength of the pixel centres (same units as the templates');
+        required unless ``flux`` carries its spectral axis.
     redshifts : array-like of shape (n_redshifts,), optional
         Trial redshifts of the coarse scan, increasing; default each set's own
         (a :class:`TemplateSet` read from a redrock file).  Use
@@ -733,6 +738,20 @@ def fit_redshifts(templates, flux, *, ivar, wavelength, redshifts=None, template
     >>> bool(abs(r.z[0] - 0.8) < 1e-3)
     True
     """
+    from . import interop
+
+    if interop.is_container(flux):
+        arrays = interop.as_arrays(flux, ivar=ivar, wavelength=wavelength)
+        flux, ivar, wavelength = arrays.flux, arrays.ivar, arrays.wavelength
+        if wavelength is None:
+            raise ValueError("flux has no spectral axis: pass wavelength=")
+        if arrays.wavelength_unit is not None:
+            unit = getattr(templates, "wavelength_unit_", None) or "Angstrom"
+            wavelength = interop.convert_spectral(wavelength, arrays.wavelength_unit, unit)
+    if wavelength is None:
+        raise ValueError("wavelength (the observed pixels' wavelengths) is required")
+    if ivar is None and hasattr(flux, "shape"):
+        ivar = np.ones(tuple(flux.shape))
     sets = _as_sets(templates, template_wavelength, nonnegative)
     names = [s.fulltype for s in sets]
     if len(set(names)) != len(names):

@@ -338,3 +338,26 @@ def test_nnls_gram_packed_matches_nnls_gram():
     G[0, 3, :] = G[0, :, 3] = G[0, 2, :] = G[0, :, 2] = 0.0     # template absent
     x = nnls_gram_packed(G[:, iu[0], iu[1]], b)
     assert np.all(x[0, 2:] == 0)
+
+
+def test_spectrum_input_in_other_units_gives_the_array_answer():
+    # a specutils Spectrum brings its spectral axis (here in nm, converted to the
+    # templates' Angstrom), uncertainty (standard deviations) and mask
+    u = pytest.importorskip("astropy.units")
+    specutils = pytest.importorskip("specutils")
+    from astropy.nddata import StdDevUncertainty
+
+    rng = np.random.default_rng(3)
+    z_true = np.array([0.7, 1.4])
+    X, ivar = _spectra(z_true, rng, snr=10.0)
+    ivar[0, :20] = 0                                   # missing pixels -> a mask
+    T = _templates()
+    z = redshift_grid(0.2, 2.5, wavelength=OBS, template_wavelength=REST, step=3 * DL)
+    ref = fit_redshifts(T, X, ivar=ivar, wavelength=OBS, redshifts=z, template_wavelength=REST)
+    sigma = np.where(ivar > 0, 1 / np.sqrt(np.where(ivar > 0, ivar, 1)), 1.0)
+    cls = getattr(specutils, "Spectrum", None) or specutils.Spectrum1D
+    spec = cls(flux=np.where(ivar > 0, X, 0) * u.Jy, spectral_axis=OBS / 10 * u.nm,
+               uncertainty=StdDevUncertainty(sigma), mask=ivar == 0)
+    got = fit_redshifts(T, spec, redshifts=z, template_wavelength=REST)
+    np.testing.assert_allclose(got.z, ref.z, rtol=1e-9)
+    np.testing.assert_allclose(got.chi2, ref.chi2, rtol=1e-8)
