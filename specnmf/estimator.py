@@ -169,8 +169,9 @@ class SpectralNMF(_ParamsMixin):
         ``"random"``: seeded uniform values at the data's scale.
         ``"nndsvd"``: non-negative double SVD of the positive part of the data
         (missing pixels filled by the pixel's weighted mean); its exact zeros
-        never move under multiplicative solvers, so prefer ``"nndsvda"``
-        (zeros filled with the mean level) for those.  ``"sequential"``: the
+        would never move under the multiplicative solvers (``"nearly"``,
+        ``"shift"``, ``"clip"``), so for those it is ``"nndsvda"`` (zeros
+        filled with the mean level; a warning is logged).  ``"sequential"``: the
         paper's sequential build -- one template (flat start, random
         coefficients) for 50 iterations, then a flat template and random
         coefficients are added and all are trained together for 50 more, up

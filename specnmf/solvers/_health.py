@@ -110,7 +110,8 @@ def _coefficient_block(solver, T, t, rows, block, C_rows):
     p = xp.sum(block.ivar * r * tc, axis=1)
     q = xp.sum(block.ivar * tc * tc, axis=1)
     c = xp.where(q > 0, xp.clip(p, min=0) / xp.where(q > 0, q, xp.ones_like(q)), xp.zeros_like(q))
-    return xp.reshape(c, (-1, 1)), (0.0,)
+    f64 = xp.float64
+    return xp.stack([xp.astype(c, f64), xp.astype(p, f64), xp.astype(q, f64)], axis=1), (0.0,)
 
 
 def _norms(C, T, xp):
@@ -131,12 +132,16 @@ def dead_components(C, T, xp):
     return [int(k) for k in np.flatnonzero(size <= DEAD_RTOL * top)]
 
 
-def reseed(solver, engine, C, T, k, xp, *, coefficients=True):
+def reseed(solver, engine, C, T, k, xp, *, coefficients=True, positive=False):
     """A new start for the dead component ``k`` from the largest positive residual.
 
     Returns ``(C, T)`` (new arrays) or ``None`` when nothing is left to fit
     (no observed residual above 0).  ``coefficients=False`` leaves
-    ``C[:, k] = 0`` (objective exactly unchanged).
+    ``C[:, k] = 0`` (objective exactly unchanged).  ``positive=True`` (for
+    multiplicative solvers, which never move a zero) makes every entry of
+    the new template and coefficients > 0: the template gets a floor of 1 %
+    of its peak, and the coefficients that would be 0 a common value small
+    enough that they give back at most half of what the others gain.
     """
     n, d = C.shape[0], T.shape[1]
     keep_c = asarray(np.arange(C.shape[1]) != k, xp, device=getattr(C, "device", None))
@@ -151,14 +156,39 @@ def reseed(solver, engine, C, T, k, xp, *, coefficients=True):
     t = xp.reshape(total[1], (-1,))
     if not float(xp.max(t)) > 0:
         return None
+    if positive:
+        t = t + 0.01 * xp.max(t)
     t = xp.astype(t, T.dtype)
     onehot = asarray(np.arange(C.shape[1]) == k, xp, device=getattr(C, "device", None))
     T = xp.where(onehot[:, None], xp.reshape(t, (1, -1)), T)
     if coefficients:
         parts, _ = engine.run_pass(solver, partial(_coefficient_block, solver, T, t), C)
-        c = xp.astype(_assemble(parts, n, xp), C.dtype)
+        cpq = _assemble(parts, n, xp)
+        c, p, q = cpq[:, 0], cpq[:, 1], cpq[:, 2]
+        if positive:
+            c = _positive_coefficients(c, p, q, xp)
+        c = xp.astype(xp.reshape(c, (-1, 1)), C.dtype)
         C = xp.where(onehot[None, :], c, C)
     return C, T
+
+
+def _positive_coefficients(c, p, q, xp):
+    """``c`` with its zeros raised to the largest common eps that keeps chi^2 decreasing.
+
+    The exact weights lower chi^2 by ``D = sum max(p, 0)^2 / q``; giving the
+    spectra Z with weight 0 the value eps raises it by at most
+    ``eps^2 sum_Z q + 2 eps sum_Z |p|``, which is set to ``D / 2``.
+    """
+    zero = c <= 0
+    live = q > 0
+    gain = float(xp.sum(xp.where(live, xp.clip(p, min=0) ** 2 / xp.where(live, q, 1.0), 0.0)))
+    a = float(xp.sum(xp.where(zero & live, q, 0.0)))
+    b = 2 * float(xp.sum(xp.where(zero & live, xp.abs(p), 0.0)))
+    if a > 0:
+        eps = (-b + np.sqrt(b * b + 2 * a * gain)) / (2 * a)
+    else:  # spectra without weight: any value; a small one
+        eps = 1e-3 * float(xp.max(c)) if c.shape[0] else 0.0
+    return xp.where(zero, eps, c)
 
 
 # -- stationarity ------------------------------------------------------------------

