@@ -73,7 +73,7 @@ def test_nndsvd_keeps_its_zeros_for_exact_solvers(caplog):
 
 # -- dead components ---------------------------------------------------------------------
 @pytest.mark.parametrize("solver", SOLVERS)
-@FAST
+@settings(FAST, max_examples=1)
 @given(seed=st.integers(0, 2**16))
 def test_dead_component_is_reseeded_and_the_fit_recovers(solver, seed):
     X, ivar, k = _low_rank(seed)
