@@ -196,10 +196,10 @@ def _gradient_block(solver, T, rows, block, C_rows):
     xp = solver.xp
     r, Tc = _residual(solver, T, block, C_rows)
     f64 = xp.float64
-    v = xp.astype(block.ivar, f64)
-    wr = v * xp.astype(r, f64)                     # chi^2 gradient in the model: -2 ivar r
-    Tt = xp.astype(xp.matrix_transpose(Tc), f64)
-    C64 = xp.astype(C_rows, f64)
+    v = xp.astype(block.ivar, f64, copy=False)
+    wr = v * xp.astype(r, f64, copy=False)         # chi^2 gradient in the model: -2 ivar r
+    Tt = xp.astype(xp.matrix_transpose(Tc), f64, copy=False)
+    C64 = xp.astype(C_rows, f64, copy=False)
     gC = -2 * (wr @ Tt)
     hC = 2 * (v @ (Tt * Tt))                      # diagonal of the Hessian in C
     gT = -2 * (xp.matrix_transpose(C64) @ wr)
