@@ -182,6 +182,8 @@ def test_every_solver_and_init_reaches_the_best_objective(seed):
     for solver in SOLVERS:
         for init in ("random", "nndsvd", "nndsvda"):
             m = _fit(X, ivar, k, solver=solver, init=init, random_state=seed, max_iter=3000)
+            # the truth has k live components: none may be left dead
+            assert len(m.dead_components_) == 0, (solver, init)
             # clip minimises another objective (the clipped data's chi^2)
             final[solver, init] = m.chi2_[-1] if solver != "clip" else None
     values = {key: v for key, v in final.items() if v is not None}
