@@ -181,7 +181,7 @@ def test_every_solver_and_init_reaches_the_best_objective(seed):
     final = {}
     for solver in SOLVERS:
         for init in ("random", "nndsvd", "nndsvda"):
-            m = _fit(X, ivar, k, solver=solver, init=init, random_state=seed, max_iter=3000)
+            m = _fit(X, ivar, k, solver=solver, init=init, random_state=seed, max_iter=2000)
             # the truth has k live components: none may be left dead
             assert len(m.dead_components_) == 0, (solver, init)
             # clip minimises another objective (the clipped data's chi^2)
