@@ -21,7 +21,7 @@ from .engine import InMemory, make_engine
 from .init import INITS, check_random_state, nndsvd_init, random_init
 from .objective import _chi2
 from .progress import progress_callback
-from .solvers import SOLVERS, run
+from .solvers import MULTIPLICATIVE, SOLVERS, run
 from .solvers import gram
 
 logger = logging.getLogger("specnmf")
@@ -227,8 +227,9 @@ class SpectralNMF(_ParamsMixin):
         ``"random"``: seeded uniform values at the data's scale.
         ``"nndsvd"``: non-negative double SVD of the positive part of the data
         (missing pixels filled by the pixel's weighted mean); its exact zeros
-        never move under multiplicative solvers, so prefer ``"nndsvda"``
-        (zeros filled with the mean level) for those.  ``"sequential"``: the
+        would never move under the multiplicative solvers (``"nearly"``,
+        ``"shift"``, ``"clip"``), so for those it is ``"nndsvda"`` (zeros
+        filled with the mean level; a warning is logged).  ``"sequential"``: the
         paper's sequential build -- one template (flat start, random
         coefficients) for 50 iterations, then a flat template and random
         coefficients are added and all are trained together for 50 more, up
@@ -290,7 +291,19 @@ class SpectralNMF(_ParamsMixin):
     n_iter_ : int
         Iterations run.
     converged_ : bool
-        Whether the ``tol`` criterion stopped the fit.
+        Whether the ``tol`` criterion stopped the fit at a stationary point,
+        ``stationarity_ <= sqrt(tol)`` (if ``tol`` stopped it elsewhere, a
+        ``ConvergenceWarning`` says so and this is False).
+    stationarity_ : float
+        First-order (KKT) residual of the result: the size of a projected,
+        diagonally scaled gradient step on the objective relative to the
+        factors, 0 exactly at a KKT point, independent of units and of how a
+        component's scale is split (see docs/solvers.md, "Traps").
+    n_reseeds_ : int
+        How many times a dead component (zero template or coefficients) was
+        given a new start from the largest positive residual.
+    dead_components_ : ndarray of int
+        Components still dead at the end (then a ``ConvergenceWarning`` was issued).
     interrupted_ : bool
         Whether the fit was stopped by Ctrl-C (the model holds the last
         complete iterate).
@@ -435,7 +448,14 @@ class SpectralNMF(_ParamsMixin):
                 raise ValueError(f"init={self.init!r} needs the spectra in memory; use "
                                  "init='random' or 'sequential' for data streamed from disk")
             X, ivar = engine._read(slice(0, n))
-            C0, T0 = nndsvd_init(X, ivar, k, rng, dt, fill_zeros=self.init == "nndsvda")
+            fill = self.init == "nndsvda"
+            if self.init == "nndsvd" and self.solver in MULTIPLICATIVE:
+                # multiplicative updates never move an exact zero: plain NNDSVD
+                # would freeze its zeros (Coelho demo: chi^2 2.9x the optimum)
+                logger.warning("init='nndsvd' with solver=%r: its exact zeros are filled "
+                               "with the data's mean level (as init='nndsvda')", self.solver)
+                fill = True
+            C0, T0 = nndsvd_init(X, ivar, k, rng, dt, fill_zeros=fill)
         else:
             C0, T0 = random_init((n, d), k, rng, dt, scale=summary.data_scale)
         if templates is None and coefficients is None:
@@ -589,6 +609,9 @@ class SpectralNMF(_ParamsMixin):
         self.objective_ = np.asarray(result.objective, dtype=np.float64)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+        self.stationarity_ = float(result.stationarity)
+        self.n_reseeds_ = int(result.n_reseeds)
+        self.dead_components_ = np.asarray(result.dead, dtype=np.intp)
         self.interrupted_ = result.interrupted
         self.shift_ = shift
         self.ivar_scale_ = float(summary.ivar_scale)
@@ -899,6 +922,15 @@ class SpectralNMF(_ParamsMixin):
                              f"{'converged' if self.converged_ else 'not converged'}"
                              + (", interrupted" if getattr(self, "interrupted_", False) else ""))
                 lines.append(f"  chi2: {self.chi2_[0]:.6g} -> {self.chi2_[-1]:.6g}")
+                stat = getattr(self, "stationarity_", None)
+                if stat is not None and np.isfinite(stat):
+                    lines.append(f"  stationarity (KKT residual): {stat:.3g}")
+                if getattr(self, "n_reseeds_", 0):
+                    lines.append(f"  dead components re-seeded: {self.n_reseeds_} time(s)")
+                dead = getattr(self, "dead_components_", ())
+                if len(dead):
+                    lines.append(f"  WARNING: component(s) {list(map(int, dead))} carry no signal "
+                                 "(zero template or coefficients)")
                 for key, values in getattr(self, "history_", {}).items():
                     if key != "chi2":
                         lines.append(f"  {key} penalty: {values[-1]:.6g}")

@@ -16,9 +16,12 @@ At ``max_iter`` a cheaper evaluation-only pass measures the last iterate.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
+
+from . import _health
 
 logger = logging.getLogger("specnmf")
 
@@ -26,7 +29,20 @@ __all__ = ["ConvergenceWarning", "FitResult", "run"]
 
 
 class ConvergenceWarning(UserWarning):
-    """The fit stopped at ``max_iter`` before meeting ``tol``."""
+    """The fit stopped at ``max_iter`` before meeting ``tol``, or met ``tol`` away from a stationary point."""
+
+
+def stationarity_tol(tol):
+    """Largest KKT residual (:func:`specnmf.solvers._health.stationarity`) of a converged fit.
+
+    ``sqrt(tol)``: near a minimum a step of relative size s lowers the
+    objective by a relative ~s^2, so a method that stops at relative
+    decrease ``tol`` *because it is at a stationary point* has a residual
+    ~sqrt(tol) or less (measured: ANLS/APG 1e-4 at tol=1e-6), while one that
+    stops because its steps are slow (multiplicative updates creeping along
+    a valley) does not.
+    """
+    return math.sqrt(tol)
 
 
 @dataclass
@@ -47,6 +63,10 @@ class FitResult:
     interrupted: bool = False
     objective: list = field(default_factory=list)
     solver_state: dict = field(default_factory=dict)
+    n_reseeds: int = 0
+    dead: list = field(default_factory=list)
+    stationarity: float = float("nan")
+    stopped_by_tol: bool = False
 
 
 def _block_pass(solver, T, C_all, rows, block, C_rows):
@@ -66,7 +86,7 @@ def _assemble(parts, C, xp):
 
 def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
         callback=None, checkpoint=None, verbose=False, start_iter=0, history=None,
-        solver_state=None):
+        solver_state=None, reseed=True):
     """Iterate ``solver`` from (C, T) until the stopping rule holds.
 
     Parameters
@@ -93,14 +113,50 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
         ``checkpoint(iteration, C, T, history, solver_state)`` after each
         iteration; it decides itself whether to write.
     start_iter, history, solver_state : for resuming from a checkpoint.
+    reseed : bool, default=True
+        Re-seed dead components (:func:`specnmf.solvers._health.reseed`).
+
+    The fit has ``converged`` when the ``tol`` rule stopped it *and* it is
+    stationary: the scale-free KKT residual of the last iterate
+    (:func:`specnmf.solvers._health.stationarity`) is at most ``sqrt(tol)``.
 
     Returns
     -------
     FitResult
     """
     needs_all = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
+    solver_state = dict(solver_state or {})
+    # the loop's own state travels in the solver state of checkpoints
+    n_reseeds = int(solver_state.pop("loop_reseeds", 0))
     if solver_state:
         solver.load_state(solver_state)
+    budget = _health.RESEEDS_PER_COMPONENT * int(C.shape[1])
+    # a multiplicative solver cannot move the zero coefficients a penalised re-seed leaves
+    can_reseed = reseed and not (getattr(solver, "multiplicative", False) and penalties)
+    nothing_left = False
+
+    def revive(C, T):
+        """Re-seed dead components of a fresh iterate (see solvers._health)."""
+        nonlocal n_reseeds, nothing_left
+        if not can_reseed or nothing_left or n_reseeds >= budget:
+            return C, T, False
+        dead = _health.dead_components(C, T, xp)
+        changed = False
+        for k in dead:
+            if n_reseeds >= budget:
+                break
+            out = _health.reseed(solver, engine, C, T, k, xp, coefficients=not penalties,
+                                 positive=getattr(solver, "multiplicative", False))
+            if out is None:
+                nothing_left = True
+                break
+            C, T = out
+            n_reseeds += 1
+            changed = True
+            logger.info("component %d is dead (zero template or coefficients): re-seeded from "
+                        "the largest positive residual (re-seed %d of at most %d)",
+                        k, n_reseeds, budget)
+        return C, T, changed
 
     def advance(C, T):
         fn = partial(_block_pass, solver, T, C if needs_all else None)
@@ -119,6 +175,10 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
             terms[p.name] = float(p.value(C, T, xp))
         return terms
 
+    fresh = start_iter == 0 and history is None
+    if fresh and max_iter > 0:
+        # a start with a dead component (e.g. NNDSVD's all-zero pairs) is revived first
+        C, T, _ = revive(C, T)
     state = solver.state()
     if start_iter >= max_iter:  # nothing to iterate: measure the start only
         _, total = engine.run_pass(solver, partial(_block_chi2, solver, T), C)
@@ -128,12 +188,15 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
     if history is None:
         history = {k: [v] for k, v in terms_at(chi, C, T).items()}
     objective = [sum(vals) for vals in zip(*history.values())]
-    converged = interrupted = False
+    converged = interrupted = stopped_by_tol = False
     below = 0
     it = start_iter
     try:
         while it < max_iter:
             next_state = solver.state()
+            C_next, T_next, revived = revive(C_next, T_next)
+            if revived:
+                below = 0
             if it + 1 < max_iter:
                 chi, C_after, T_after = advance(C_next, T_next)
             else:
@@ -152,25 +215,48 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
             if verbose and (it % 10 == 0 or it == max_iter):
                 logger.info("iteration %d: objective %.6g (chi2 %.6g)", it, cur, terms["chi2"])
             if checkpoint is not None:
-                checkpoint(it, C, T, history, state)
+                checkpoint(it, C, T, history, {**state, "loop_reseeds": n_reseeds})
             if callback is not None and callback(it, C, T, terms):
                 break
             if tol > 0:
                 rel = (prev - cur) / prev if prev > 0 else 0.0
                 below = below + 1 if rel < tol else 0
                 if below >= patience:
-                    converged = True
+                    stopped_by_tol = True
                     break
     except KeyboardInterrupt:
         interrupted = True
         logger.warning("fit interrupted at iteration %d; returning the last complete iterate", it)
         # C, T, state and history are rebound together after a complete
         # iteration, so they describe the same, last complete iterate
-    if not converged and not interrupted and tol > 0 and 0 < max_iter <= it:
+    stationarity = float("nan")
+    if not interrupted and int(C.shape[0]):
+        stationarity = _health.stationarity(solver, engine, C, T, xp, penalties)
+    converged = stopped_by_tol and stationarity <= stationarity_tol(tol)
+    if stopped_by_tol and not converged:
+        warnings.warn(
+            f"the relative objective decrease fell below tol={tol} at iteration {it}, but the "
+            f"fit is not stationary (KKT residual {stationarity:.3g}; converged_ needs <= "
+            f"sqrt(tol) = {stationarity_tol(tol):.3g}); lower tol, or use solver='anls'",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    if not stopped_by_tol and not interrupted and tol > 0 and 0 < max_iter <= it:
         warnings.warn(
             f"stopped at max_iter={max_iter} before the relative objective decrease "
             f"fell below tol={tol}; increase max_iter or tol",
             ConvergenceWarning,
             stacklevel=3,
         )
-    return FitResult(C, T, history, it, converged, interrupted, objective, state)
+    dead = _health.dead_components(C, T, xp) if int(C.shape[0]) else []
+    if dead and it > 0:
+        warnings.warn(
+            f"component(s) {dead} carry no signal at the end of the fit (zero template or "
+            f"coefficients) after {n_reseeds} re-seed(s); the data may not support "
+            f"{int(C.shape[1])} components",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return FitResult(C, T, history, it, converged, interrupted, objective, state,
+                     n_reseeds=n_reseeds, dead=dead, stationarity=stationarity,
+                     stopped_by_tol=stopped_by_tol)
