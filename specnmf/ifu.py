@@ -630,12 +630,13 @@ def write_cube(path, cube, header=None, *, ivar=None, mask=None, overwrite=False
     fits.HDUList(hdus).writeto(path, overwrite=overwrite)
 
 
-def write_maps(path, maps, header=None, *, names=None, overwrite=False):
+def write_maps(path, maps, header=None, *, names=None, extra=None, overwrite=False):
     """Write coefficient maps to FITS with the celestial WCS of the cube.
 
     The maps are stored as one image of shape (n_components, ny, nx): axes 1
     and 2 carry the celestial WCS of ``header`` (the input cube's), axis 3 is
-    the component index (``CTYPE3 = 'COMPONENT'``, 0-based).
+    the component index (``CTYPE3 = 'COMPONENT'``, 0-based).  Each ``extra``
+    map follows as an image extension with the same celestial WCS.
 
     Parameters
     ----------
@@ -646,6 +647,10 @@ def write_maps(path, maps, header=None, *, names=None, overwrite=False):
         Header of the cube the maps come from; only its celestial WCS is kept.
     names : sequence of str, optional
         Component names, stored as ``COMPk`` cards.
+    extra : dict of {str: array-like}, optional
+        More maps on the same spaxels, each of shape (ny, nx) (e.g. each
+        spaxel's chi^2) or (ny, nx, n) (e.g. the coefficients' uncertainties),
+        written as image extensions named by the keys (upper case).
     overwrite : bool, default=False
     """
     fits = _fits()
@@ -653,7 +658,8 @@ def write_maps(path, maps, header=None, *, names=None, overwrite=False):
     if maps.ndim != 3:
         raise ValueError(f"maps must be 3-D (ny, nx, n_components); got shape {maps.shape}")
     k = maps.shape[-1]
-    out = celestial_header(header) if header is not None else fits.Header()
+    celestial = celestial_header(header) if header is not None else fits.Header()
+    out = celestial.copy()
     if len(out):
         # a 2-D celestial WCS on a 3-D image: the extra axis is the component index
         out["WCSAXES"] = 3
@@ -667,8 +673,17 @@ def write_maps(path, maps, header=None, *, names=None, overwrite=False):
             raise ValueError(f"names must have one entry per component ({k}); got {len(names)}")
         for i, name in enumerate(names):
             out[f"COMP{i}"] = name
-    hdu = fits.PrimaryHDU(np.ascontiguousarray(np.moveaxis(maps, -1, 0)), header=out)
-    hdu.writeto(path, overwrite=overwrite)
+    hdus = [fits.PrimaryHDU(np.ascontiguousarray(np.moveaxis(maps, -1, 0)), header=out)]
+    for name, arr in (extra or {}).items():
+        arr = _numeric(arr, f"extra[{name!r}]")
+        if arr.shape[:2] != maps.shape[:2] or arr.ndim not in (2, 3):
+            raise ValueError(f"extra[{name!r}] must have shape {maps.shape[:2]} or "
+                             f"{maps.shape[:2]} + (n,); got {arr.shape}")
+        if arr.ndim == 3:
+            arr = np.moveaxis(arr, -1, 0)
+        hdus.append(fits.ImageHDU(np.ascontiguousarray(arr), header=celestial.copy(),
+                                  name=str(name).upper()))
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
 
 
 def read_maps(path):
