@@ -438,7 +438,7 @@ def _transform_cube(args, model):
     else:
         coefficients, sigma = model.transform(X, ivar=ivar, **kwargs), None
     coefficients = np.asarray(coefficients)
-    chi = chi2_per_spectrum(X, ivar, coefficients, model.templates_)
+    chi = chi2_per_spectrum(X, ivar=ivar, coefficients=coefficients, templates=model.templates_)
     extra = {"CHI2": np.asarray(chi).reshape(shape)}
     if sigma is not None:
         extra["SIGMA"] = coefficient_maps(np.asarray(sigma), shape)
