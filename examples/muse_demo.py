@@ -44,7 +44,7 @@ from specnmf.ifu import coefficient_maps, cube_to_matrix, fit_cube, read_cube, w
 GAS_LINES = {"H-beta": 4861.33, "[O III]": 5006.84, "[O I]": 6300.30, "[N II] 6548": 6548.05,
              "H-alpha": 6562.80, "[N II] 6583": 6583.45, "[S II] 6716": 6716.44,
              "[S II] 6731": 6730.82}
-REDSHIFT = 0.0881
+REDSHIFT = 0.0858  # measured from H-alpha, [N II] and [S II] of the crop
 #: strong night-sky emission lines (air, Angstrom): [O I], Na D and OH
 SKY_LINES = (5577.34, 5889.95, 6300.30, 6363.78, 7276.41, 7316.28, 7340.89, 7369.25, 7750.64,
              7794.11, 7913.71, 7993.33, 8344.60, 8399.17, 8430.17, 8465.36, 8827.10, 8885.85,

@@ -202,8 +202,7 @@ def read_desi(path, *, camera=None, bad_bits=None):
         One camera's spectra on its own grid, or (``None``) all cameras merged
         by :func:`coadd_cameras` onto one common grid.
     bad_bits : int or None, default=None
-        Which bits of the mask make a pixel missing: ``None``, any non-zero
-        bit (specutils' rule); or a bitmask of the bits to honour.
+        As in :func:`read_sdss`.
 
     Returns
     -------
@@ -332,8 +331,7 @@ def read_lamost(path, *, bad_bits=None):
     ----------
     path : str or path-like
     bad_bits : int or None, default=None
-        Which bits of the mask make a pixel missing: ``None``, any non-zero
-        bit (specutils' rule); or a bitmask of the bits to honour.
+        As in :func:`read_sdss`.
 
     Returns
     -------

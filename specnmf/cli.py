@@ -355,6 +355,18 @@ def _fit_summary(model, X, ivar):
 # ---------------------------------------------------------------------------
 # subcommands
 # ---------------------------------------------------------------------------
+def _new_fit(args, X, ivar, **fit_kwargs):
+    """A SpectralNMF from the command-line options, fitted; returns (model, seconds)."""
+    params = _estimator_params(args)
+    if args.verbose and "verbose" in _accepted_params():
+        params["verbose"] = True
+    model = _estimator_class()(**params)
+    logger.info("fitting %s", model)
+    t0 = time.perf_counter()
+    _fit(model, X, ivar, progress=_verbose_for_progress(args), **fit_kwargs)
+    return model, time.perf_counter() - t0
+
+
 def cmd_fit(args):
     _check_output(args.output, args.overwrite)
     if _is_cube(args.input, args.hdu):
@@ -362,15 +374,7 @@ def cmd_fit(args):
     if args.maps:
         raise UsageError(f"--maps needs an IFU cube as input; {args.input} holds spectra")
     spectra = _read(args.input, args.hdu, memmap=args.memmap)
-    params = _estimator_params(args)
-    if args.verbose and "verbose" in _accepted_params():
-        params["verbose"] = True
-    model = _estimator_class()(**params)
-    logger.info("fitting %s", model)
-    t0 = time.perf_counter()
-    _fit(model, spectra.flux, spectra.ivar, wavelength=spectra.wavelength,
-         progress=_verbose_for_progress(args))
-    elapsed = time.perf_counter() - t0
+    model, elapsed = _new_fit(args, spectra.flux, spectra.ivar, wavelength=spectra.wavelength)
     if spectra.meta:
         model.meta_ = dict(spectra.meta)
     _save(model, args.output, args.overwrite)
@@ -394,15 +398,7 @@ def _fit_cube(args):
         raise UsageError(f"--maps {maps_path}: coefficient maps are written as FITS (.fits)")
     _check_output(maps_path, args.overwrite)
     cube, X, ivar, shape = _read_cube(args.input, args.hdu)
-    params = _estimator_params(args)
-    if args.verbose and "verbose" in _accepted_params():
-        params["verbose"] = True
-    model = _estimator_class()(**params)
-    logger.info("fitting %s", model)
-    t0 = time.perf_counter()
-    _fit(model, X, ivar, wavelength=cube.wavelength, spatial_shape=shape,
-         progress=_verbose_for_progress(args))
-    elapsed = time.perf_counter() - t0
+    model, elapsed = _new_fit(args, X, ivar, wavelength=cube.wavelength, spatial_shape=shape)
     # the spectral WCS describes the templates' axis; the celestial one the maps
     model.header_ = spectral_header(cube.header)
     model.meta_ = {**cube.meta, **({"MEDIUM": cube.medium} if cube.medium else {})}

@@ -214,8 +214,8 @@ def load_muse_crop():
 
     12 x 12 spaxels (0.2 arcsec each) around the galaxy's peak, 512
     wavelengths from 6801 to 7440 Angstrom (air, 1.25 Angstrom pixels): the
-    stellar continuum, H-alpha + [N II] (~7120-7165 Angstrom) and [S II]
-    (~7300-7325 Angstrom) emission of gas at z ~ 0.088, and sky residuals.
+    stellar continuum, H-alpha + [N II] (7110-7150 Angstrom) and [S II]
+    (7292, 7308 Angstrom) emission of gas at z = 0.0858, and sky residuals.
     Modest S/N per pixel (median per spaxel 6-10 here, 1.4-5.8 over the full
     cube), per-pixel variance from the pipeline.  The crop is the bright centre of the field: its fluxes
     are positive, while ~5 % of the full cube's (edges of the field, blue

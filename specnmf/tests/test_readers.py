@@ -283,3 +283,15 @@ def test_coadd_cameras_checks_its_input():
                                                           np.array([3.0, 4.0]))})
     assert np.allclose(merged.wavelength, [1, 2, 3, 4])
     assert np.allclose(merged.flux, [[1, 1, 2.5, 3]]) and np.allclose(merged.ivar, [[1, 1, 4, 3]])
+
+
+def test_docstring_examples_of_the_readers_and_cube_modules():
+    import doctest
+
+    import specnmf._readers
+    import specnmf.datasets
+    import specnmf.ifu
+
+    for module in (specnmf._readers, specnmf.ifu, specnmf.datasets):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
