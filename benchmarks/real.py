@@ -119,21 +119,27 @@ def weighted_pca(X, ivar, k, *, n_iter=100, seed=0, ridge=1e-10):
     for _ in range(n_iter):
         C = wls_coefficients(X, ivar, P, ridge=ridge)
         # per-pixel normal equations: (C^T diag(w_j) C) p_j = C^T (w_j x_j)
-        G = np.einsum("nk,nd,nl->dkl", C, ivar, C)
-        b = C.T @ WX
-        G[:, np.arange(k), np.arange(k)] += ridge * np.trace(G, axis1=1, axis2=2)[:, None] / k + 1e-300
-        P = np.linalg.solve(G, b.T[..., None])[..., 0].T
+        P = _solve_batched(_grams(ivar.T, C.T), (C.T @ WX).T, ridge).T
         P = np.linalg.qr(P.T)[0].T  # keep the basis well conditioned; same subspace
     return P
 
 
-def wls_coefficients(X, ivar, templates, *, ridge=1e-10):
-    """Signed weighted least-squares coefficients of each spectrum."""
-    k = templates.shape[0]
-    G = np.einsum("kd,nd,ld->nkl", templates, ivar, templates)
-    b = (ivar * X) @ templates.T
+def _grams(weights, F):
+    """Grams ``F diag(w_i) F^T`` for each row ``w_i`` of ``weights``, as one matrix product."""
+    k = F.shape[0]
+    outer = (F[:, None, :] * F[None, :, :]).reshape(k * k, -1)
+    return (weights @ outer.T).reshape(-1, k, k)
+
+
+def _solve_batched(G, b, ridge):
+    k = G.shape[-1]
     G[:, np.arange(k), np.arange(k)] += ridge * np.trace(G, axis1=1, axis2=2)[:, None] / k + 1e-300
     return np.linalg.solve(G, b[..., None])[..., 0]
+
+
+def wls_coefficients(X, ivar, templates, *, ridge=1e-10):
+    """Signed weighted least-squares coefficients of each spectrum."""
+    return _solve_batched(_grams(ivar, templates), (ivar * X) @ templates.T, ridge)
 
 
 def fit_sklearn(X, ivar, k, max_iter, seed):

@@ -69,26 +69,37 @@ def describe(templates, wavelength):
     """Per component: share of its |high-pass| power at the gas lines and at the sky lines."""
     gas = line_mask(wavelength, [c * (1 + REDSHIFT) for c in GAS_LINES.values()], 6.0)
     sky = line_mask(wavelength, SKY_LINES, 2.5) & ~gas
+    halpha = GAS_LINES["H-alpha"] * (1 + REDSHIFT)
+    near = np.abs(wavelength - halpha) < 12  # H-alpha alone, not [N II] (+-20 A)
     out = []
     for t in templates:
-        hp = np.abs(highpass(t))
-        base = hp[~gas & ~sky].mean() + 1e-300
-        out.append({"gas_line_contrast": float(hp[gas].mean() / base) if gas.any() else 0.0,
-                    "sky_line_contrast": float(hp[sky].mean() / base) if sky.any() else 0.0,
-                    "continuum_level": float(np.median(t))})
+        hp = highpass(t)
+        a = np.abs(hp)
+        base = a[~gas & ~sky].mean() + 1e-300
+        line = np.clip(hp[near], 0, None)
+        # H-alpha centroid -> line-of-sight velocity relative to z = REDSHIFT
+        v = (float(299792.458 * ((wavelength[near] * line).sum() / line.sum() / halpha - 1))
+             if near.any() and line.sum() > 0 else None)
+        out.append({"gas_line_contrast": float(a[gas].mean() / base) if gas.any() else 0.0,
+                    "sky_line_contrast": float(a[sky].mean() / base) if sky.any() else 0.0,
+                    "continuum_level": float(np.median(t)), "halpha_velocity_kms": v})
     return out
 
 
-def name_components(stats, *, gas_min=3.0, sky_min=2.5):
+def name_components(stats, *, gas_min=3.0, gas_share=0.3, sky_min=2.5):
     """'emission-line gas', 'sky residual' or 'stellar continuum' for each component.
 
-    A component whose line contrast at the redshifted gas lines is >= ``gas_min``
-    is gas; otherwise one whose contrast at the night-sky lines is >= ``sky_min``
-    is a sky residual; the others are continuum.
+    A component whose line contrast at the redshifted gas lines is at least
+    ``gas_min`` and ``gas_share`` of the largest contrast of all components is
+    gas (a continuum template carries a little line flux too); otherwise one
+    whose contrast at the night-sky lines is >= ``sky_min`` is a sky residual;
+    the others are continuum.
     """
+    top = max(s["gas_line_contrast"] for s in stats)
     names = []
     for s in stats:
-        if s["gas_line_contrast"] >= gas_min and s["gas_line_contrast"] >= s["sky_line_contrast"]:
+        c = s["gas_line_contrast"]
+        if c >= max(gas_min, gas_share * top) and c >= s["sky_line_contrast"]:
             names.append("emission-line gas")
         elif s["sky_line_contrast"] >= sky_min:
             names.append("sky residual")
