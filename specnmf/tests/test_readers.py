@@ -295,3 +295,14 @@ def test_docstring_examples_of_the_readers_and_cube_modules():
     for module in (specnmf._readers, specnmf.ifu, specnmf.datasets):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, module.__name__
+
+
+def test_read_spectra_of_a_cube_gives_one_spectrum_per_spaxel():
+    from specnmf.datasets import load_muse_crop, muse_crop_path
+
+    s = sio.read_spectra(muse_crop_path())
+    c = load_muse_crop()
+    assert s.format == "cube" and s.spatial_shape == (12, 12) and s.shape == (144, 512)
+    assert s.medium == "air" and s.wavelength_unit == "Angstrom"
+    np.testing.assert_array_equal(s.flux[3 * 12 + 5], c.cube[3, 5])
+    np.testing.assert_array_equal(s.ivar[3 * 12 + 5], c.ivar[3, 5])
