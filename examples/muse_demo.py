@@ -227,8 +227,11 @@ def main(argv=None):
     w_faint = ivar[faint].sum(axis=0)
     mean_data = np.divide((ivar[faint] * X[faint]).sum(axis=0), w_faint,
                           out=np.zeros(n_wave), where=w_faint > 0)
-    fig, ax = plt.subplots(figsize=(9, 3.4), layout="constrained")
-    ax.plot(wave, mean_data, lw=0.5, color="0.6", label="data (faintest 25 % of spaxels)")
+    from scipy.ndimage import uniform_filter1d
+
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(9, 5.2), sharex=True, layout="constrained",
+                                   gridspec_kw={"height_ratios": [1, 1.3]})
+    ax0.plot(wave, mean_data, lw=0.4, color="0.6", label="data (faintest 25 % of spaxels)")
     labels = {"nearly": "Nearly-NMF", "clip": "clipped-data NMF", "pca": "weighted PCA",
               "anls": "ANLS"}
     for key, color in (("nearly", "C3"), ("clip", "C0"), ("pca", "C2")):
@@ -236,13 +239,20 @@ def main(argv=None):
         mf = Ck[faint] @ Tk
         mean_model = np.divide((ivar[faint] * mf).sum(axis=0), w_faint, out=np.zeros(n_wave),
                                where=w_faint > 0)
-        ax.plot(wave, mean_model, lw=0.9, color=color,
-                label=f"{labels[key]} (bias {comparison[key]['faint_bias_sigma']:+.3f} sigma)")
-    ax.axhline(0, color="k", lw=0.4)
-    ax.set_xlabel(f"wavelength ({cube.medium}, Angstrom)")
-    ax.set_ylabel("flux (1e-20 erg/s/cm2/A)")
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_title("mean of the faint spaxels: data and models", fontsize=10)
+        if key == "nearly":
+            ax0.plot(wave, mean_model, lw=0.6, color=color, label="Nearly-NMF model")
+        # the residual smoothed over 41 pixels (51 Angstrom): a bias shows as an offset
+        ax1.plot(wave, uniform_filter1d(mean_model - mean_data, 41), lw=1.0, color=color,
+                 label=f"{labels[key]} (bias {comparison[key]['faint_bias_sigma']:+.3f} sigma)")
+    ax0.axhline(0, color="k", lw=0.4)
+    ax0.set_ylabel("flux")
+    ax0.legend(fontsize=8, loc="upper right")
+    ax1.axhline(0, color="k", lw=0.4)
+    ax1.set_ylabel("model - data, smoothed")
+    ax1.set_xlabel(f"wavelength ({cube.medium}, Angstrom)")
+    ax1.legend(fontsize=8, loc="upper right")
+    fig.suptitle("faintest quarter of the spaxels: mean spectrum (1e-20 erg/s/cm2/A) and "
+                 "mean residual of each model", fontsize=10)
     fig.savefig(out / "muse_faint.png", dpi=90)
     plt.close(fig)
 
