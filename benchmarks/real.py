@@ -190,7 +190,7 @@ def run(args):
     import specnmf
     from specnmf import SpectralNMF
 
-    X, ivar, shape, wave, source = load(args.crop, args.cube)
+    X, ivar, shape, _, source = load(args.crop, args.cube)
     n, d = X.shape
     train, test = split(n, args.seed)
     Xtr, Wtr, Xte, Wte = X[train], ivar[train], X[test], ivar[test]

@@ -139,8 +139,8 @@ def main(argv=None):
     timings = {}
 
     # 1. the templates: exact alternating NNLS, weighted by 1/STAT, DQ pixels left out
-    params = dict(n_components=args.k, init="nndsvda", random_state=args.seed,
-                  max_iter=args.max_iter)
+    params = {"n_components": args.k, "init": "nndsvda", "random_state": args.seed,
+              "max_iter": args.max_iter}
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # max_iter may stop before tol: fine for a demo

@@ -377,7 +377,7 @@ def test_eso_cube_variance_and_quality_are_honoured(tmp_path, err_class, err_nam
     from specnmf.ifu import read_cube
 
     path = tmp_path / "eso.fits"
-    flux, var, dq = _write_eso(path, err_class=err_class, err_name=err_name,
+    flux, var, _ = _write_eso(path, err_class=err_class, err_name=err_name,
                                qual_class=qual_class, pointers=pointers)
     c = read_cube(path)
     wave_last = lambda a: np.moveaxis(np.asarray(a, dtype=np.float64), 0, -1)  # noqa: E731
@@ -388,7 +388,7 @@ def test_eso_cube_variance_and_quality_are_honoured(tmp_path, err_class, err_nam
     assert c.ivar[1, 2, 4] == 0                       # NaN flux
     assert c.mask[2, 3, 5] != 0 and np.count_nonzero(c.mask) == 1
     assert c.format == "eso" and c.medium == "air"
-    X, ivar, shape = cube_to_matrix(c.cube, c.ivar, c.mask)
+    X, ivar, _ = cube_to_matrix(c.cube, c.ivar, c.mask)
     assert ivar[2 * 4 + 3, 5] == 0 and np.all(np.isfinite(X))
 
 

@@ -140,7 +140,7 @@ def test_desi_reproduced_file_per_camera_and_merged(tmp_path):
     path = tmp_path / "coadd-1-1.fits"
     truth = write_desi(path, GRIDS)
     b = sio.read_desi(path, camera="b")
-    wave, flux, ivar, mask = truth["B"]
+    wave, flux, ivar, _ = truth["B"]
     assert b.shape == flux.shape and np.allclose(b.wavelength, wave)
     assert native(b.flux) and b.medium == "vacuum"
     assert np.allclose(b.flux, flux.astype(np.float32))
