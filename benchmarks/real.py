@@ -39,7 +39,7 @@ Protocol
 Fit time is the wall time of learning the templates (step 3) in this
 process; the machine's load is printed with the table.  Results go to
 ``benchmarks/results_real.md`` and ``benchmarks/results_real.json``
-(``_crop`` suffixed for ``--crop``).
+(``_crop`` suffixed for ``--crop``, ``_seedN`` for ``--seed N`` other than 0).
 """
 
 from __future__ import annotations
@@ -295,6 +295,8 @@ def table(summary):
 
 def write(summary, args):
     suffix = "_crop" if args.crop else ""
+    if args.seed != 0:
+        suffix += f"_seed{args.seed}"
     if args.smoke:
         suffix += "_smoke"
     md = table(summary)
