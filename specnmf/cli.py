@@ -193,11 +193,46 @@ def _read(path, hdu=None, memmap=False):
 
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file")
-    if isinstance(hdu, str) and hdu.isdigit():
-        hdu = int(hdu)  # an HDU number; HDF5 group names are never all digits here
-    spectra = read_spectra(path, hdu=hdu, memmap=memmap)
+    spectra = read_spectra(path, hdu=_hdu(hdu), memmap=memmap)
     logger.info("read %d spectra x %d pixels from %s", *spectra.shape, path)
     return spectra
+
+
+def _is_cube(path, hdu=None):
+    """Whether ``path`` is a FITS file whose flux is a 3-D (IFU cube) image."""
+    from .io import _fits_format, _kind
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    try:
+        return _kind(path) == "fits" and _fits_format(path, _hdu(hdu)) == "cube"
+    except ValueError:
+        return False  # let the spectra reader give its own error
+
+
+def _hdu(hdu):
+    # an HDU number; HDF5 group names are never all digits here
+    return int(hdu) if isinstance(hdu, str) and hdu.isdigit() else hdu
+
+
+def _read_cube(path, hdu=None):
+    from .ifu import cube_to_matrix, read_cube
+
+    c = read_cube(path, hdu=_hdu(hdu))
+    X, ivar, shape = cube_to_matrix(c.cube, ivar=c.ivar, mask=c.mask)
+    logger.info("read a cube of %d x %d spaxels x %d wavelengths from %s", *c.cube.shape, path)
+    return c, X, ivar, shape
+
+
+def _maps_path(args):
+    if args.maps:
+        return args.maps
+    root = args.output
+    for suffix in (".fits.gz", ".fits", ".fit", ".fts", ".npz"):
+        if root.lower().endswith(suffix):
+            root = root[: -len(suffix)]
+            break
+    return root + "_maps.fits"
 
 
 def _load(path):
@@ -213,12 +248,14 @@ def _verbose_for_progress(args):
     return not args.quiet and sys.stderr.isatty()
 
 
-def _fit(model, X, ivar, *, wavelength=None, progress=False):
+def _fit(model, X, ivar, *, wavelength=None, spatial_shape=None, progress=False):
     """``model.fit`` with the hooks the installed estimator offers."""
     fit_params = inspect.signature(model.fit).parameters
     kwargs = {}
     if wavelength is not None and "wavelength" in fit_params:
         kwargs["wavelength"] = wavelength
+    if spatial_shape is not None and "spatial_shape" in fit_params:
+        kwargs["spatial_shape"] = spatial_shape
     bar = None
     log_handler = None
     if progress:
@@ -248,6 +285,8 @@ def _fit(model, X, ivar, *, wavelength=None, progress=False):
             model.set_params(callback=None)
     if wavelength is not None and getattr(model, "wavelength_", None) is None:
         model.wavelength_ = np.asarray(wavelength)
+    if spatial_shape is not None and getattr(model, "spatial_shape_", None) is None:
+        model.spatial_shape_ = tuple(spatial_shape)
     return model
 
 
@@ -282,18 +321,26 @@ def _fit_summary(model, X, ivar):
 # ---------------------------------------------------------------------------
 # subcommands
 # ---------------------------------------------------------------------------
-def cmd_fit(args):
-    _check_output(args.output, args.overwrite)
-    spectra = _read(args.input, args.hdu, memmap=args.memmap)
+def _new_fit(args, X, ivar, **fit_kwargs):
+    """A SpectralNMF from the command-line options, fitted; returns (model, seconds)."""
     params = _estimator_params(args)
     if args.verbose and "verbose" in _accepted_params():
         params["verbose"] = True
     model = _estimator_class()(**params)
     logger.info("fitting %s", model)
     t0 = time.perf_counter()
-    _fit(model, spectra.flux, spectra.ivar, wavelength=spectra.wavelength,
-         progress=_verbose_for_progress(args))
-    elapsed = time.perf_counter() - t0
+    _fit(model, X, ivar, progress=_verbose_for_progress(args), **fit_kwargs)
+    return model, time.perf_counter() - t0
+
+
+def cmd_fit(args):
+    _check_output(args.output, args.overwrite)
+    if _is_cube(args.input, args.hdu):
+        return _fit_cube(args)
+    if args.maps:
+        raise UsageError(f"--maps needs an IFU cube as input; {args.input} holds spectra")
+    spectra = _read(args.input, args.hdu, memmap=args.memmap)
+    model, elapsed = _new_fit(args, spectra.flux, spectra.ivar, wavelength=spectra.wavelength)
     if spectra.meta:
         model.meta_ = dict(spectra.meta)
     _save(model, args.output, args.overwrite)
@@ -303,6 +350,68 @@ def cmd_fit(args):
         print(line)
     print(f"time:             {elapsed:.2f} s")
     print(f"wrote:            {args.output}")
+    return 0
+
+
+def _fit_cube(args):
+    """``specnmf fit`` of an IFU cube: model, plus coefficient maps with the celestial WCS."""
+    from .ifu import coefficient_maps, spectral_header, write_maps
+
+    if args.memmap:
+        raise UsageError("--memmap is for spectra files; a cube is read into memory")
+    maps_path = _maps_path(args)
+    if not maps_path.lower().endswith((".fits", ".fit", ".fts", ".fits.gz")):
+        raise UsageError(f"--maps {maps_path}: coefficient maps are written as FITS (.fits)")
+    _check_output(maps_path, args.overwrite)
+    cube, X, ivar, shape = _read_cube(args.input, args.hdu)
+    model, elapsed = _new_fit(args, X, ivar, wavelength=cube.wavelength, spatial_shape=shape)
+    # the spectral WCS describes the templates' axis; the celestial one the maps
+    model.header_ = spectral_header(cube.header)
+    model.meta_ = {**cube.meta, **({"MEDIUM": cube.medium} if cube.medium else {})}
+    _save(model, args.output, args.overwrite)
+    maps = coefficient_maps(model.coefficients_, shape)
+    write_maps(maps_path, maps, cube.header, overwrite=args.overwrite,
+               names=[f"component {k}" for k in range(maps.shape[-1])])
+    ny, nx, n_wave = cube.cube.shape
+    print(f"input:            {args.input} (cube of {ny} x {nx} spaxels x {n_wave} wavelengths"
+          f"{'' if cube.ivar is not None else ', no variance: unweighted'})")
+    print(f"model:            {model}")
+    for line in _fit_summary(model, X, ivar):
+        print(line)
+    print(f"time:             {elapsed:.2f} s")
+    print(f"wrote:            {args.output}")
+    print(f"wrote maps:       {maps_path} ({maps.shape[-1]} x {ny} x {nx}, celestial WCS of the cube)")
+    return 0
+
+
+def _transform_cube(args, model):
+    from .ifu import coefficient_maps, write_maps
+    from .objective import chi2_per_spectrum
+
+    if not args.output.lower().endswith((".fits", ".fit", ".fts", ".fits.gz")):
+        raise UsageError(f"{args.output}: the coefficient maps of a cube are written as FITS "
+                         "(.fits)")
+    cube, X, ivar, shape = _read_cube(args.input, args.hdu)
+    kwargs = {}
+    if "spatial_shape" in inspect.signature(model.transform).parameters:
+        kwargs["spatial_shape"] = shape
+    if args.uncertainty:
+        coefficients, sigma = model.transform(X, ivar=ivar, return_uncertainty=True, **kwargs)
+    else:
+        coefficients, sigma = model.transform(X, ivar=ivar, **kwargs), None
+    coefficients = np.asarray(coefficients)
+    chi = chi2_per_spectrum(X, ivar=ivar, coefficients=coefficients, templates=model.templates_)
+    extra = {"CHI2": np.asarray(chi).reshape(shape)}
+    if sigma is not None:
+        extra["SIGMA"] = coefficient_maps(np.asarray(sigma), shape)
+    write_maps(args.output, coefficient_maps(coefficients, shape), cube.header, extra=extra,
+               names=[f"component {k}" for k in range(coefficients.shape[1])],
+               overwrite=args.overwrite)
+    print(f"coefficients:     {shape[0]} x {shape[1]} spaxels x {coefficients.shape[1]} templates"
+          f"{' (with sigma)' if sigma is not None else ''}")
+    print(f"chi2 total:       {float(np.sum(chi)):.6g}")
+    print(f"wrote maps:       {args.output} (celestial WCS of the cube; CHI2"
+          f"{', SIGMA' if sigma is not None else ''} extensions)")
     return 0
 
 
@@ -342,13 +451,17 @@ def cmd_transform(args):
 
     _check_output(args.output, args.overwrite)
     model = _load(args.model)
+    if args.uncertainty and \
+            "return_uncertainty" not in inspect.signature(model.transform).parameters:
+        raise UsageError("--uncertainty needs a SpectralNMF.transform with "
+                         "return_uncertainty (not in this version)")
+    if _is_cube(args.input, args.hdu):
+        return _transform_cube(args, model)
     spectra = _read(args.input, args.hdu)
     sigma = None
     if args.uncertainty:
-        if "return_uncertainty" not in inspect.signature(model.transform).parameters:
-            raise UsageError("--uncertainty needs a SpectralNMF.transform with "
-                             "return_uncertainty (not in this version)")
-        coefficients, sigma = model.transform(spectra.flux, ivar=spectra.ivar, return_uncertainty=True)
+        coefficients, sigma = model.transform(spectra.flux, ivar=spectra.ivar,
+                                              return_uncertainty=True)
     else:
         coefficients = model.transform(spectra.flux, ivar=spectra.ivar)
     coefficients = np.asarray(coefficients)
@@ -762,11 +875,23 @@ def build_parser():
 
     p = sub.add_parser("fit", help="fit templates to spectra and save the model",
                        description=_wrap("Fit non-negative templates to the spectra in INPUT "
-                                   "(FITS, npz, npy, HDF5) and save the model (FITS or npz)."),
-                       epilog=_example("specnmf fit spectra.fits -k 5 --solver anls -o model.fits"),
+                                   "(FITS, npz, npy, HDF5) and save the model (FITS or npz). "
+                                   "An IFU cube (a FITS file with a 3-D DATA or FLUX image) is "
+                                   "fitted one spectrum per spaxel, weighted by its variance, "
+                                   "and its coefficient maps are written too (--maps)."),
+                       epilog=_example("""
+                           specnmf fit spectra.fits -k 5 --solver anls -o model.fits
+                           specnmf fit cube.fits -k 4 -o m.fits    # also writes m_maps.fits
+                       """),
                        formatter_class=_Formatter)
-    p.add_argument("input", help="spectra file: FITS (FLUX/IVAR/MASK/WAVELENGTH), .npz, .npy, .h5")
+    p.add_argument("input", help="spectra file: FITS (FLUX/IVAR/MASK/WAVELENGTH; SDSS, DESI, "
+                                 "LAMOST spectra; an IFU cube: ESO DATA/STAT/DQ or "
+                                 "FLUX/IVAR/MASK), .npz, .npy, .h5")
     p.add_argument("-o", "--output", required=True, help="model file to write (.fits or .npz)")
+    p.add_argument("--maps", default=None, metavar="PATH",
+                   help="IFU cube only: where to write the coefficient maps, with the cube's "
+                        "celestial WCS (default: OUTPUT with _maps.fits in place of its "
+                        "extension)")
     p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--memmap", action="store_true",
@@ -779,7 +904,9 @@ def build_parser():
     p = sub.add_parser("transform", help="coefficients of spectra with a saved model's templates",
                        description=_wrap("Fit coefficients (templates fixed) of the spectra in INPUT "
                                    "and write them (.fits, .npz, .npy or .csv) with each "
-                                   "spectrum's chi^2."),
+                                   "spectrum's chi^2.  For an IFU cube, write the coefficient "
+                                   "maps (.fits) with the cube's celestial WCS and CHI2 (and "
+                                   "SIGMA) map extensions."),
                        epilog=_example("specnmf transform model.fits new.fits -o coeffs.fits "
                                        "--uncertainty"),
                        formatter_class=_Formatter)

@@ -11,8 +11,9 @@ row ``i = y * nx + x``, which is also the neighbour convention of the
 
 * ``X, ivar, spatial_shape = cube_to_matrix(cube, ivar=ivar, mask=mask)`` gives the
   ``(n_spaxels, n_wave)`` inputs of :class:`specnmf.SpectralNMF`;
-* ``coefficient_maps(model.coefficients_, spatial_shape)`` gives the
-  ``(ny, nx, n_components)`` maps of the components;
+* ``coefficient_maps(model.coefficients_, spatial_shape)`` (or
+  ``coefficient_maps(model)`` for a model fitted by :func:`fit_cube`) gives
+  the ``(ny, nx, n_components)`` maps of the components;
 * ``reconstruct_cube(coefficients, templates, spatial_shape, component=k)``
   gives the model cube, or the part of it due to component ``k``.
 
@@ -25,12 +26,13 @@ FITS needs astropy.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 
 import numpy as np
 
 from . import interop
+from ._readers import ivar_from_variance as _ivar_from_variance
 
 logger = logging.getLogger("specnmf")
 
@@ -208,21 +210,28 @@ def _coefficients_of(coefficients):
     return getattr(coefficients, "coefficients_", coefficients)
 
 
-def coefficient_maps(coefficients, spatial_shape):
+def coefficient_maps(coefficients, spatial_shape=None):
     """Maps of the components' coefficients over the field.
 
     Parameters
     ----------
     coefficients : array-like of shape (ny * nx, n_components), or a fitted model
         Coefficients (``model.coefficients_``), one row per spaxel.
-    spatial_shape : (int, int)
-        ``(ny, nx)``.
+    spatial_shape : (int, int), optional
+        ``(ny, nx)``.  May be left out for a model fitted by :func:`fit_cube`
+        (or with ``fit(..., spatial_shape=)``), which remembers it as
+        ``spatial_shape_``.
 
     Returns
     -------
     ndarray of shape (ny, nx, n_components)
         ``maps[y, x, k]`` is the coefficient of component ``k`` at spaxel (y, x).
     """
+    if spatial_shape is None:
+        spatial_shape = getattr(coefficients, "spatial_shape_", None)
+        if spatial_shape is None:
+            raise ValueError("spatial_shape is needed: pass (ny, nx), or a model fitted with "
+                             "fit_cube (which remembers it as spatial_shape_)")
     C, (ny, nx) = _rows_matrix(_coefficients_of(coefficients), "coefficients", spatial_shape)
     return np.array(C).reshape(ny, nx, C.shape[1])
 
@@ -293,7 +302,8 @@ def fit_cube(model, cube, *, ivar=None, mask=None, wavelength=None, wave_axis=-1
     Returns
     -------
     model
-        The fitted model; ``coefficient_maps(model, spatial_shape)`` gives its maps.
+        The fitted model; it remembers ``spatial_shape_``, so
+        ``coefficient_maps(model)`` gives its maps.
     """
     if not hasattr(model, "fit"):
         raise TypeError(f"model must be an estimator with a fit method; got {type(model).__name__}")
@@ -325,15 +335,29 @@ class IFUCube:
     Attributes
     ----------
     cube : ndarray of shape (ny, nx, n_wave)
-        Flux (wavelength last, whatever the file's order).
+        Flux (wavelength last, whatever the file's order), native byte order.
     ivar : ndarray of shape (ny, nx, n_wave) or None
-        From an ``IVAR`` extension, if the file has one.
+        Inverse variance from the file's error extension (ESO ``STAT``
+        variance, MaNGA ``IVAR``, ...), 0 where the error is unknown,
+        non-positive or non-finite, and where the flux is non-finite.
+        ``None`` if the file has no error extension (a warning is given).
     mask : ndarray of shape (ny, nx, n_wave) or None
-        From a ``MASK`` extension, if the file has one (non-zero = bad).
+        Bad-pixel flags from the quality extension (ESO ``DQ``, MaNGA
+        ``MASK``): non-zero = bad.
     header : astropy.io.fits.Header
         Header of the flux HDU (with its WCS).
     wavelength : ndarray of shape (n_wave,) or None
-        Wavelength in Angstrom from the spectral WCS, if the header has one.
+        Wavelength in Angstrom: from a ``WAVE`` extension (MaNGA) or the
+        spectral WCS.
+    medium : {"air", "vacuum"} or None
+        Of ``wavelength``, from the spectral axis type (``AWAV`` is air,
+        ``WAVE``/``WAVE-LOG`` vacuum; MUSE cubes are in air, MaNGA in vacuum).
+    format : {"eso", "manga", "image"}
+        The layout read.
+    meta : dict
+        Descriptive cards of the primary header (telescope, instrument,
+        object, date, ...), to carry into a fitted model.
+    path : str or None
     """
 
     cube: np.ndarray
@@ -341,7 +365,15 @@ class IFUCube:
     mask: np.ndarray | None
     header: object
     wavelength: np.ndarray | None
+    medium: str | None = None
+    format: str | None = None
+    meta: dict = field(default_factory=dict)
+    path: str | None = None
 
+    @property
+    def spatial_shape(self):
+        """``(ny, nx)``."""
+        return tuple(self.cube.shape[:2])
 
 def _fits():
     try:
@@ -400,46 +432,162 @@ def _hdu_names(hdul):
     return {h.name.upper(): h for h in hdul}
 
 
-def read_cube(path, *, hdu=None):
-    """Read an IFU cube from a FITS file.
+#: ESO DICD HDUCLAS3 of an error extension -> what it holds
+_ERROR_CLASSES = {"MSE": "variance", "RMSE": "sigma", "INVMSE": "ivar", "INVRMSE": "isigma"}
+#: error extensions looked for by name when the flux header has no ERRDATA
+_ERROR_NAMES = {"STAT": "variance", "VAR": "variance", "VARIANCE": "variance", "IVAR": "ivar",
+                "ERR": "sigma", "ERROR": "sigma", "SIGMA": "sigma"}
+_QUALITY_NAMES = ("DQ", "MASK", "QUALITY")
+_FLUX_NAMES = ("DATA", "FLUX", "SCI")
+_META_CARDS = ("TELESCOP", "INSTRUME", "OBJECT", "DATE-OBS", "MJD-OBS", "EXPTIME", "RA", "DEC",
+               "ORIGIN", "PROG_ID", "PLATEIFU", "MANGAID")
 
-    The flux is the first HDU with 3-D data (or ``hdu``, a name or index);
-    ``IVAR`` and ``MASK`` extensions, when present, are read too.  The file's
-    (n_wave, ny, nx) order is turned into (ny, nx, n_wave).
+
+def _native_cube(data):
+    """(n_wave, ny, nx) file data -> native-order, C-contiguous (ny, nx, n_wave)."""
+    data = np.asarray(data)
+    return np.ascontiguousarray(np.moveaxis(data, 0, -1)).astype(data.dtype.newbyteorder("="),
+                                                                 copy=False)
+
+
+def _linked_hdu(named, header, keyword, fallbacks, path, flux_hdu):
+    """The HDU a pointer keyword (ERRDATA, QUALDATA) names, else the first fallback name."""
+    target = header.get(keyword)
+    if isinstance(target, str) and target.strip():
+        h = named.get(target.strip().upper())
+        if h is None:
+            logger.warning("%s: %s = %r names no HDU of the file; looking for %s by name",
+                           path, keyword, target, "/".join(fallbacks))
+        elif h is not flux_hdu:
+            return h
+    return next((named[n] for n in fallbacks if n in named and named[n] is not flux_hdu), None)
+
+
+def _medium(header):
+    ctype = str(header.get("CTYPE3", "")).upper()
+    return "air" if ctype.startswith("AWAV") else "vacuum" if ctype.startswith("WAVE") else None
+
+
+def read_cube(path, *, hdu=None, bad_bits=None):
+    """Read an IFU cube from a FITS file, with its variance and quality flags.
+
+    Layouts:
+
+    * **ESO / MUSE** (archive ``DATACUBE``): ``DATA`` (flux), ``STAT``
+      (variance) and ``DQ`` (data quality, non-zero = bad) extensions.  The
+      ESO DICD pointers in the flux header are honoured: ``ERRDATA`` names
+      the error extension and ``QUALDATA`` the quality one, whose
+      ``HDUCLAS3`` says what they hold (``MSE`` variance, ``RMSE`` standard
+      deviation, ``INVMSE`` inverse variance, ``INVRMSE`` inverse standard
+      deviation; ``MASKZERO`` quality means 0 = bad).
+    * **MaNGA-style**: ``FLUX``, ``IVAR`` (inverse variance), ``MASK``
+      (bitmask, non-zero = bad) and optionally ``WAVE`` (wavelength,
+      Angstrom) extensions.
+    * any file whose flux is a 3-D image (``hdu``): errors and flags are then
+      looked up by the names above.
+
+    Without ``ERRDATA`` the error extension is found by name: ``STAT``,
+    ``VAR``, ``VARIANCE`` (variance), ``IVAR`` (inverse variance), ``ERR``,
+    ``ERROR``, ``SIGMA`` (standard deviation), unless its ``HDUCLAS3`` says
+    otherwise.  A cube without any error extension is read with
+    ``ivar=None`` and a ``UserWarning``: the fit would be unweighted.
 
     Parameters
     ----------
     path : str or path-like
     hdu : int, str or None, default=None
+        The flux HDU; default the 3-D ``DATA``/``FLUX``/``SCI`` extension,
+        else the first 3-D image.
+    bad_bits : int or None, default=None
+        Which bits of the quality flags mean a bad pixel: ``None`` (any
+        non-zero flag), or a bitmask such as MaNGA's ``DONOTUSE``
+        (``1 << 10``).
 
     Returns
     -------
     IFUCube
+        Flux, inverse variance and flags as (ny, nx, n_wave) native-order
+        arrays; the file's (n_wave, ny, nx) order is turned around.
+
+    Examples
+    --------
+    >>> from specnmf.datasets import muse_crop_path
+    >>> c = read_cube(muse_crop_path())
+    >>> c.cube.shape == c.ivar.shape, c.medium, c.format
+    (True, 'air', 'eso')
     """
+    import warnings
+
     fits = _fits()
+    if bad_bits is not None and (isinstance(bad_bits, bool) or not isinstance(bad_bits, Integral)
+                                 or bad_bits <= 0):
+        raise ValueError(f"bad_bits must be None or a positive int bitmask; got {bad_bits!r}")
     with fits.open(path, memmap=False) as hdul:
+        named = _hdu_names(hdul)
         if hdu is None:
-            flux_hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 3), None)
+            flux_hdu = next((named[n] for n in _FLUX_NAMES if n in named and named[n].is_image
+                             and named[n].header.get("NAXIS") == 3), None)
+            if flux_hdu is None:
+                flux_hdu = next((h for h in hdul if h.is_image and h.data is not None
+                                 and h.data.ndim == 3), None)
             if flux_hdu is None:
                 raise ValueError(f"no 3-D image HDU in {path!s}")
         else:
-            flux_hdu = hdul[hdu]
-            if flux_hdu.data is None or flux_hdu.data.ndim != 3:
+            try:
+                flux_hdu = hdul[hdu]
+            except (KeyError, IndexError) as exc:
+                raise ValueError(f"{path!s}: no HDU {hdu!r}") from exc
+            if not flux_hdu.is_image or flux_hdu.data is None or flux_hdu.data.ndim != 3:
                 raise ValueError(f"HDU {hdu!r} of {path!s} is not a 3-D image")
         header = flux_hdu.header.copy()
-        cube = np.moveaxis(np.asarray(flux_hdu.data), 0, -1).copy()
-        named = _hdu_names(hdul)
-        extra = {}
-        for name in ("IVAR", "MASK"):
-            h = named.get(name)
-            if h is not None and h is not flux_hdu and h.data is not None:
-                if h.data.shape != flux_hdu.data.shape:
-                    raise ValueError(f"{name} extension has shape {h.data.shape} but the flux "
-                                     f"has {flux_hdu.data.shape}")
-                extra[name] = np.moveaxis(np.asarray(h.data), 0, -1).copy()
-    wavelength = wavelength_from_header(header, cube.shape[-1])
-    return IFUCube(cube=cube, ivar=extra.get("IVAR"), mask=extra.get("MASK"), header=header,
-                   wavelength=wavelength)
+        shape = flux_hdu.data.shape
+        cube = _native_cube(flux_hdu.data)
+
+        def extension(h, what):
+            if h is None or h.data is None:
+                return None
+            if h.data.shape != shape:
+                raise ValueError(f"{path!s}: {what} extension {h.name} has shape "
+                                 f"{h.data.shape} but the flux has {shape}")
+            return _native_cube(h.data)
+
+        err_hdu = _linked_hdu(named, header, "ERRDATA", tuple(_ERROR_NAMES), path, flux_hdu)
+        ivar = None
+        if err_hdu is not None:
+            cls = str(err_hdu.header.get("HDUCLAS3", "")).strip().upper()
+            kind = _ERROR_CLASSES.get(cls, _ERROR_NAMES.get(err_hdu.name.upper(), "variance"))
+            ivar = _ivar_from_variance(extension(err_hdu, "error"), kind=kind)
+        qual_hdu = _linked_hdu(named, header, "QUALDATA", _QUALITY_NAMES, path, flux_hdu)
+        mask = extension(qual_hdu, "quality")
+        if mask is not None:
+            if mask.dtype.kind not in "biu":
+                mask = np.where(np.isfinite(mask), mask, 1).astype(np.int64)
+            if str(qual_hdu.header.get("HDUCLAS3", "")).strip().upper() == "MASKZERO":
+                mask = (mask == 0).astype(np.uint8)
+            elif bad_bits is not None:
+                mask = ((mask.astype(np.int64) & int(bad_bits)) != 0).astype(np.uint8)
+        wave_hdu = named.get("WAVE")
+        wavelength = None
+        if wave_hdu is not None and wave_hdu.data is not None:
+            w = np.asarray(wave_hdu.data, dtype=np.float64).ravel()
+            if w.shape == (cube.shape[-1],):
+                wavelength = w
+        fmt = ("eso" if str(header.get("HDUCLASS", "")).strip().upper() == "ESO"
+               or flux_hdu.name.upper() == "DATA" else
+               "manga" if flux_hdu.name.upper() == "FLUX" else "image")
+        primary = hdul[0].header
+        meta = {k: primary[k] for k in _META_CARDS
+                if k in primary and isinstance(primary[k], (str, int, float))}
+    if wavelength is None:
+        wavelength = wavelength_from_header(header, cube.shape[-1])
+    if ivar is None:
+        warnings.warn(f"{path!s}: the cube has no variance/error extension (looked for ERRDATA, "
+                      f"{', '.join(_ERROR_NAMES)}); a fit will be unweighted (ivar = 1)",
+                      UserWarning, stacklevel=2)
+    else:
+        ivar[~np.isfinite(cube)] = 0
+    return IFUCube(cube=cube, ivar=ivar, mask=mask, header=header, wavelength=wavelength,
+                   medium=_medium(header), format=fmt, meta=meta, path=str(path))
 
 
 def _image_header(header):
@@ -492,12 +640,13 @@ def write_cube(path, cube, header=None, *, ivar=None, mask=None, overwrite=False
     fits.HDUList(hdus).writeto(path, overwrite=overwrite)
 
 
-def write_maps(path, maps, header=None, *, names=None, overwrite=False):
+def write_maps(path, maps, header=None, *, names=None, extra=None, overwrite=False):
     """Write coefficient maps to FITS with the celestial WCS of the cube.
 
     The maps are stored as one image of shape (n_components, ny, nx): axes 1
     and 2 carry the celestial WCS of ``header`` (the input cube's), axis 3 is
-    the component index (``CTYPE3 = 'COMPONENT'``, 0-based).
+    the component index (``CTYPE3 = 'COMPONENT'``, 0-based).  Each ``extra``
+    map follows as an image extension with the same celestial WCS.
 
     Parameters
     ----------
@@ -508,6 +657,10 @@ def write_maps(path, maps, header=None, *, names=None, overwrite=False):
         Header of the cube the maps come from; only its celestial WCS is kept.
     names : sequence of str, optional
         Component names, stored as ``COMPk`` cards.
+    extra : dict of {str: array-like}, optional
+        More maps on the same spaxels, each of shape (ny, nx) (e.g. each
+        spaxel's chi^2) or (ny, nx, n) (e.g. the coefficients' uncertainties),
+        written as image extensions named by the keys (upper case).
     overwrite : bool, default=False
     """
     fits = _fits()
@@ -515,7 +668,8 @@ def write_maps(path, maps, header=None, *, names=None, overwrite=False):
     if maps.ndim != 3:
         raise ValueError(f"maps must be 3-D (ny, nx, n_components); got shape {maps.shape}")
     k = maps.shape[-1]
-    out = celestial_header(header) if header is not None else fits.Header()
+    celestial = celestial_header(header) if header is not None else fits.Header()
+    out = celestial.copy()
     if len(out):
         # a 2-D celestial WCS on a 3-D image: the extra axis is the component index
         out["WCSAXES"] = 3
@@ -529,8 +683,17 @@ def write_maps(path, maps, header=None, *, names=None, overwrite=False):
             raise ValueError(f"names must have one entry per component ({k}); got {len(names)}")
         for i, name in enumerate(names):
             out[f"COMP{i}"] = name
-    hdu = fits.PrimaryHDU(np.ascontiguousarray(np.moveaxis(maps, -1, 0)), header=out)
-    hdu.writeto(path, overwrite=overwrite)
+    hdus = [fits.PrimaryHDU(np.ascontiguousarray(np.moveaxis(maps, -1, 0)), header=out)]
+    for name, arr in (extra or {}).items():
+        arr = _numeric(arr, f"extra[{name!r}]")
+        if arr.shape[:2] != maps.shape[:2] or arr.ndim not in (2, 3):
+            raise ValueError(f"extra[{name!r}] must have shape {maps.shape[:2]} or "
+                             f"{maps.shape[:2]} + (n,); got {arr.shape}")
+        if arr.ndim == 3:
+            arr = np.moveaxis(arr, -1, 0)
+        hdus.append(fits.ImageHDU(np.ascontiguousarray(arr), header=celestial.copy(),
+                                  name=str(name).upper()))
+    fits.HDUList(hdus).writeto(path, overwrite=overwrite)
 
 
 def read_maps(path):

@@ -16,6 +16,15 @@ layouts understood are
 * **HDF5** (``.h5``/``.hdf5``): datasets ``flux``, ``ivar``, ``mask``,
   ``wavelength`` (case-insensitive), at the root or in the group ``hdu``.
 
+* **survey files**, each with a named loader, detected from the file or
+  forced with ``read_spectra(path, format=...)``: SDSS/BOSS spec files
+  (:func:`read_sdss`), DESI coadds (:func:`read_desi`, per camera or merged
+  by :func:`coadd_cameras`), LAMOST low-resolution spectra
+  (:func:`read_lamost`); see :mod:`specnmf._readers` for the conventions
+  (bitmasks, vacuum wavelengths, camera overlaps);
+* **IFU cubes** (ESO/MUSE DATA/STAT/DQ, MaNGA-style FLUX/IVAR/MASK), read by
+  :func:`specnmf.ifu.read_cube` and returned one spectrum per spaxel.
+
 ``MASK`` wins over ``IVAR``: a masked pixel gets ``ivar = 0`` whatever its
 inverse variance.  Without ``IVAR`` every pixel gets unit weight (a warning is
 logged), except non-finite flux, which gets weight 0.
@@ -54,11 +63,18 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from ._readers import coadd_cameras, ivar_from_variance, read_desi, read_lamost, read_sdss
+
 logger = logging.getLogger("specnmf")
 
 __all__ = [
     "Spectra",
     "read_spectra",
+    "read_sdss",
+    "read_desi",
+    "read_lamost",
+    "coadd_cameras",
+    "ivar_from_variance",
     "write_spectra",
     "save_model",
     "load_model",
@@ -102,6 +118,18 @@ class Spectra:
         attributes), as plain ``{keyword: value}``, without structural keywords.
     path : str or None
         The file read.
+    format : str or None
+        The layout read: ``"image"``, ``"table"``, ``"npz"``, ``"npy"``,
+        ``"hdf5"``, ``"sdss"``, ``"desi"``, ``"lamost"`` or ``"cube"``.
+    wavelength_unit : str or None
+        Unit of ``wavelength`` (``"Angstrom"`` for the survey layouts).
+    medium : {"air", "vacuum"} or None
+        Whether ``wavelength`` is in air or vacuum, when the layout says.
+    flux_unit : str or None
+        Unit of ``flux`` (the file's ``BUNIT``), when the file says.
+    spatial_shape : tuple of int or None
+        ``(ny, nx)`` when the file is an IFU cube read as one spectrum per
+        spaxel (row ``y * nx + x``).
     """
 
     flux: object
@@ -109,6 +137,11 @@ class Spectra:
     wavelength: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
     path: str | None = None
+    format: str | None = None
+    wavelength_unit: str | None = None
+    medium: str | None = None
+    flux_unit: str | None = None
+    spatial_shape: tuple | None = None
 
     @property
     def shape(self):
@@ -282,7 +315,8 @@ def _read_fits(path, hdu, lazy):
                     if isinstance(h, fits.BinTableHDU) and "FLUX" in (c.upper() for c in h.columns.names):
                         return _from_table(path, h, primary, lazy)
                 raise ValueError(f"{path}: no FLUX image extension and no binary table with a "
-                                 "FLUX column")
+                                 "FLUX column (known layouts: FLUX/IVAR/MASK images, tables, "
+                                 "SDSS, DESI, LAMOST, IFU cubes; see specnmf.io)")
             chosen = names["FLUX"]
             flux = chosen.data
             if flux is None:
@@ -315,7 +349,9 @@ def _from_table(path, table, primary, lazy):
                          "row); got a scalar column")
     meta = _header_dict(primary, table.header)
     # table columns are strided views of the rows; lazy reading gains nothing
-    return _assemble(path, flux, col("IVAR"), col("MASK"), col("WAVELENGTH"), meta, False)
+    # LAMOST DR8+ / SDSS-style tables name the bitmask ANDMASK or AND_MASK
+    mask = next((col(n) for n in ("MASK", "ANDMASK", "AND_MASK") if n in cols), None)
+    return _assemble(path, flux, col("IVAR"), mask, col("WAVELENGTH"), meta, False)
 
 
 def _read_npz(path, lazy):
@@ -377,7 +413,55 @@ def _read_hdf5(path, hdu, lazy):
     return spectra
 
 
-def read_spectra(path, *, hdu=None, memmap=False) -> Spectra:
+_FORMATS = ("image", "table", "sdss", "desi", "lamost", "cube", "npz", "npy", "hdf5")
+
+
+def _fits_format(path, hdu=None):
+    """The layout of a FITS file, from its HDU names and headers (no data read)."""
+    fits = _require_fits()
+    try:
+        with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+            if hdu is not None:
+                try:
+                    chosen = hdul[hdu]
+                except (KeyError, IndexError) as exc:
+                    raise ValueError(f"{path}: no HDU {hdu!r}") from exc
+                if chosen.is_image and chosen.header.get("NAXIS") == 3:
+                    return "cube"
+                return "table" if isinstance(chosen, fits.BinTableHDU) else "image"
+            names = {h.name.upper(): h for h in hdul}
+            images = [h for h in hdul if h.is_image]
+            if any(h.header.get("NAXIS") == 3 and h.name.upper() in ("DATA", "FLUX", "PRIMARY", "SCI")
+                   for h in images):
+                return "cube"
+            if "FLUX" in names and names["FLUX"].is_image:
+                return "image"
+            coadd = names.get("COADD")
+            if isinstance(coadd, fits.BinTableHDU) and \
+                    {"flux", "loglam"} <= {c.lower() for c in coadd.columns.names}:
+                return "sdss"
+            if any(n.endswith("_FLUX") and n[:-5] + "_WAVELENGTH" in names for n in names):
+                return "desi"
+            primary = hdul[0].header
+            if primary.get("NAXIS") == 2 and "COEFF0" in primary and "COEFF1" in primary:
+                return "lamost"
+            return "table"
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable FITS file ({exc})") from exc
+
+
+def _read_cube_as_spectra(path, hdu):
+    from .ifu import cube_to_matrix, read_cube
+
+    c = read_cube(path, hdu=hdu)
+    X, ivar, shape = cube_to_matrix(c.cube, ivar=c.ivar, mask=c.mask)
+    meta = _header_dict(c.header)
+    return Spectra(X, ivar, c.wavelength, meta, str(path), format="cube",
+                   wavelength_unit=None if c.wavelength is None else "Angstrom",
+                   medium=c.medium, flux_unit=meta.get("BUNIT"), spatial_shape=shape)
+
+
+def read_spectra(path, *, hdu=None, memmap=False, format=None) -> Spectra:
     """Read spectra (flux, inverse variance, mask, wavelength) from a file.
 
     Parameters
@@ -399,6 +483,17 @@ def read_spectra(path, *, hdu=None, memmap=False) -> Spectra:
         with the MASK applied block by block.  Use this for streamed fits of
         data larger than memory; npz members and FITS tables are always read
         into memory.
+    format : str, optional
+        Force a layout instead of detecting it from the file: ``"image"``
+        (FLUX/IVAR/MASK/WAVELENGTH extensions), ``"table"``, ``"sdss"``
+        (:func:`read_sdss`), ``"desi"`` (:func:`read_desi`, cameras merged),
+        ``"lamost"`` (:func:`read_lamost`) or ``"cube"`` (an IFU cube read
+        by :func:`specnmf.ifu.read_cube`, one spectrum per spaxel, with
+        ``spatial_shape`` set); ``"npz"``, ``"npy"``, ``"hdf5"`` must match
+        the file's extension.  Detection: a 3-D DATA/FLUX image is a cube, a
+        FLUX image the image layout, a COADD table with ``loglam`` SDSS,
+        ``<camera>_FLUX`` extensions DESI, a 2-D primary image with
+        ``COEFF0``/``COEFF1`` LAMOST, anything else a table.
 
     Returns
     -------
@@ -430,13 +525,28 @@ def read_spectra(path, *, hdu=None, memmap=False) -> Spectra:
     kind = _kind(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    if kind == "fits":
-        return _read_fits(path, hdu, memmap)
-    if kind == "npz":
-        return _read_npz(path, memmap)
-    if kind == "npy":
-        return _read_npy(path, memmap)
-    return _read_hdf5(path, hdu, memmap)
+    if format is not None and format not in _FORMATS:
+        raise ValueError(f"format must be None or one of {_FORMATS}; got {format!r}")
+    if kind != "fits":
+        if format is not None and format != kind:
+            raise ValueError(f"{path}: format={format!r} does not match the {kind} file type")
+        reader = {"npz": _read_npz, "npy": _read_npy}.get(kind)
+        spectra = reader(path, memmap) if reader else _read_hdf5(path, hdu, memmap)
+        spectra.format = kind
+        return spectra
+    if format in ("npz", "npy", "hdf5"):
+        raise ValueError(f"{path}: format={format!r} does not match the FITS file type")
+    fmt = format or _fits_format(path, hdu)
+    if fmt in ("sdss", "desi", "lamost"):
+        from . import _readers
+
+        kwargs = {"hdu": hdu} if fmt == "sdss" and hdu is not None else {}
+        return getattr(_readers, f"read_{fmt}")(path, **kwargs)
+    if fmt == "cube":
+        return _read_cube_as_spectra(path, hdu)
+    spectra = _read_fits(path, hdu, memmap)
+    spectra.format = fmt
+    return spectra
 
 
 def _check_output(path, overwrite):

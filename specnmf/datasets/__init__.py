@@ -25,6 +25,8 @@ __all__ = [
     "Bunch",
     "StellarSpectra",
     "COELHO_CLASSES",
+    "load_muse_crop",
+    "muse_crop_path",
 ]
 
 def data_path(name: str):
@@ -192,3 +194,49 @@ def load_coelho_prototypes():
         logg=np.array([float(r["logg"]) for r in rows]),
         feh=np.array([float(r["feh"]) for r in rows]),
     )
+
+
+def muse_crop_path():
+    """Path of the bundled crop of a real MUSE cube (``muse_abell478_crop.fits.gz``).
+
+    The file is in the ESO archive layout (DATA / STAT / DQ, WCS in the DATA
+    header), so it can be given to ``specnmf fit`` or
+    :func:`specnmf.ifu.read_cube` like a cube downloaded from the archive.
+    See :func:`load_muse_crop` for its content.
+    """
+    from ._muse import CROP_FILE
+
+    return str(data_path(CROP_FILE))
+
+
+def load_muse_crop():
+    """A real MUSE cube of the Abell 478 brightest cluster galaxy: a small crop.
+
+    12 x 12 spaxels (0.2 arcsec each) around the galaxy's peak, 512
+    wavelengths from 6801 to 7440 Angstrom (air, 1.25 Angstrom pixels): the
+    stellar continuum, H-alpha + [N II] (7110-7150 Angstrom) and [S II]
+    (7292, 7308 Angstrom) emission of gas at z = 0.0858, and sky residuals.
+    Modest S/N per pixel (median per spaxel 6-10 here, 1.4-5.8 over the full
+    cube), per-pixel variance from the pipeline.  The crop is the bright centre of the field: its fluxes
+    are positive, while ~5 % of the full cube's (edges of the field, blue
+    end) are negative.  One 900 s exposure of ESO
+    programme 094.A-0859(A), as shipped in MPDAF 3.6 (BSD-3-Clause); see
+    ``datasets/data/LICENSE-MPDAF-muse.txt`` for provenance and citation.
+
+    Returns
+    -------
+    specnmf.ifu.IFUCube
+        ``cube``, ``ivar`` (from the STAT variance) and ``mask`` (DQ) of
+        shape (12, 12, 512), ``wavelength`` of shape (512,), ``header`` with
+        the celestial and spectral WCS.
+
+    Examples
+    --------
+    >>> from specnmf.datasets import load_muse_crop
+    >>> c = load_muse_crop()
+    >>> c.cube.shape, c.medium
+    ((12, 12, 512), 'air')
+    """
+    from ..ifu import read_cube
+
+    return read_cube(muse_crop_path())

@@ -309,3 +309,68 @@ def test_demo_writes_model_and_plot(tmp_path, capsys):
     code, _, err = run(capsys, "demo", "-o", out_dir)
     assert_one_line_error(code, err, match="--overwrite")
     assert (out_dir / "doublet_model.fits").stat().st_mtime_ns == before
+
+
+# -- IFU cubes -----------------------------------------------------------------
+def test_fit_a_cube_writes_model_and_maps_with_the_celestial_wcs(tmp_path, capsys):
+    from astropy.wcs import WCS
+
+    from specnmf.datasets import load_muse_crop, muse_crop_path
+    from specnmf.ifu import read_maps
+
+    crop = muse_crop_path()  # a real MUSE cube, ESO DATA/STAT/DQ layout
+    model_path = tmp_path / "m.fits"
+    code, out, err = run(capsys, "fit", crop, "-k", "3", "-o", model_path, "--solver", "anls",
+                         "--max-iter", "20", "--random-state", "0")
+    assert code == 0, err
+    maps_path = tmp_path / "m_maps.fits"
+    assert "cube of 12 x 12 spaxels x 512 wavelengths" in out and str(maps_path) in out
+    maps, header = read_maps(maps_path)
+    assert maps.shape == (12, 12, 3) and header["COMP0"] == "component 0"
+    cube = load_muse_crop()
+    ra_dec = WCS(header).celestial.pixel_to_world_values([0, 11], [0, 5])
+    np.testing.assert_allclose(ra_dec, WCS(cube.header).celestial.pixel_to_world_values([0, 11], [0, 5]))
+    model = specnmf.load(model_path)
+    assert tuple(model.spatial_shape_) == (12, 12)
+    np.testing.assert_allclose(model.wavelength_, cube.wavelength)
+    from specnmf.ifu import coefficient_maps
+
+    np.testing.assert_allclose(coefficient_maps(model), maps)
+
+    # transform of a cube: maps with the WCS, and a chi^2 map
+    out_path = tmp_path / "t.fits"
+    code, out, err = run(capsys, "transform", model_path, crop, "-o", out_path)
+    assert code == 0, err
+    from astropy.io import fits
+
+    with fits.open(out_path) as h:
+        assert h[0].data.shape == (3, 12, 12) and h["CHI2"].data.shape == (12, 12)
+        assert WCS(h["CHI2"].header).has_celestial
+        # exact NNLS for the final templates vs the fit's last coefficient update
+        np.testing.assert_allclose(np.moveaxis(h[0].data, 0, -1), maps, rtol=1e-2)
+
+    # an explicit --maps path; --maps with spectra is an error
+    code, _, err = run(capsys, "fit", crop, "-k", "2", "-o", tmp_path / "n.npz", "--maps",
+                       tmp_path / "custom.fits", "--solver", "anls", "--max-iter", "3")
+    assert code == 0, err and (tmp_path / "custom.fits").exists()
+    code, _, err = run(capsys, "fit", crop, "-k", "2", "-o", tmp_path / "n2.npz", "--maps",
+                       tmp_path / "custom.png")
+    assert_one_line_error(code, err, match="written as FITS")
+
+
+def test_maps_option_needs_a_cube(tmp_path, spectra_file, capsys):
+    code, _, err = run(capsys, "fit", spectra_file, "-k", "2", "-o", tmp_path / "m.fits",
+                       "--maps", tmp_path / "maps.fits")
+    assert_one_line_error(code, err, match="--maps needs an IFU cube")
+
+
+def test_fit_a_survey_file(tmp_path, capsys):
+    # SDSS layout, written in the test: the CLI reads it through the named loader
+    from .test_readers import write_sdss
+
+    path = tmp_path / "spec-0001-51000-0001.fits"
+    write_sdss(path)
+    code, out, err = run(capsys, "fit", path, "-k", "1", "-o", tmp_path / "m.fits",
+                         "--max-iter", "5")
+    assert code == 0, err
+    assert "1 spectra x 50 pixels" in out

@@ -316,3 +316,170 @@ def test_cube_header_travels_to_the_saved_model(tmp_path):
 
     np.testing.assert_allclose(wavelength_from_header(saved, 40), model.wavelength_)
     np.testing.assert_allclose(back.wavelength_, model.wavelength_)
+
+
+# -- real layouts: ESO/MUSE DATA/STAT/DQ, MaNGA FLUX/IVAR/MASK ---------------------
+def _shared(*parts):
+    import os
+    from pathlib import Path
+
+    for root in (os.environ.get("SPECNMF_SHARED_DATA"),
+                 Path(__file__).resolve().parents[2].parent / "shared" / "data"):
+        if root and Path(root, *parts).exists():
+            return str(Path(root, *parts))
+    pytest.skip(f"shared/data/{'/'.join(parts)} not available")
+
+
+def _write_eso(path, *, err_class=None, err_name="STAT", qual_class=None, pointers=True,
+               variance=True):
+    """A cube in the ESO DICD layout, big-endian as FITS stores it."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(8)
+    n_wave, ny, nx = 10, 3, 4
+    flux = rng.normal(2, 1, (n_wave, ny, nx)).astype(">f4")
+    flux[4, 1, 2] = np.nan
+    var = rng.uniform(0.5, 2, flux.shape).astype(">f4")
+    var[2, 0, 0] = 0           # unknown error: missing
+    var[3, 0, 1] = -1
+    dq = np.zeros(flux.shape, dtype=np.uint8)
+    dq[5, 2, 3] = 4
+    header = _cube_header(ny, nx, n_wave)
+    header["CTYPE3"] = "AWAV"
+    header["HDUCLASS"], header["HDUCLAS2"] = "ESO", "DATA"
+    if pointers:
+        header["ERRDATA"] = err_name
+        header["QUALDATA"] = "DQ"
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(flux, header=header, name="DATA")]
+    stored = {"MSE": var, "RMSE": np.sqrt(np.abs(var)) * np.sign(var), None: var}[err_class]
+    if variance:
+        e = fits.ImageHDU(stored.astype(">f4"), name=err_name)
+        if err_class:
+            e.header["HDUCLAS2"], e.header["HDUCLAS3"] = "ERROR", err_class
+        hdus.append(e)
+    q = fits.ImageHDU(dq if qual_class != "MASKZERO" else (dq == 0).astype(np.uint8), name="DQ")
+    if qual_class:
+        q.header["HDUCLAS2"], q.header["HDUCLAS3"] = "QUALITY", qual_class
+    hdus.append(q)
+    fits.HDUList(hdus).writeto(path)
+    return flux, var, dq
+
+
+@pytest.mark.parametrize("err_class,err_name,qual_class,pointers", [
+    (None, "STAT", None, True),          # MUSE: ERRDATA = 'STAT', STAT holds the variance
+    ("MSE", "ERRS", None, True),         # the pointer names an unusual extension
+    ("RMSE", "ERRS", "FLAG32BIT", True),  # HDUCLAS3 says standard deviation
+    (None, "STAT", "MASKZERO", False),   # no pointers: found by name; 0 = bad quality
+])
+def test_eso_cube_variance_and_quality_are_honoured(tmp_path, err_class, err_name, qual_class,
+                                                    pointers):
+    pytest.importorskip("astropy")
+    from specnmf.ifu import read_cube
+
+    path = tmp_path / "eso.fits"
+    flux, var, _ = _write_eso(path, err_class=err_class, err_name=err_name,
+                               qual_class=qual_class, pointers=pointers)
+    c = read_cube(path)
+    wave_last = lambda a: np.moveaxis(np.asarray(a, dtype=np.float64), 0, -1)  # noqa: E731
+    v = wave_last(var)
+    expected = np.where((v > 0) & np.isfinite(wave_last(flux)), 1 / np.where(v > 0, v, 1), 0)
+    assert c.cube.dtype.isnative and c.ivar.dtype.isnative
+    np.testing.assert_allclose(c.ivar, expected, rtol=1e-6)
+    assert c.ivar[1, 2, 4] == 0                       # NaN flux
+    assert c.mask[2, 3, 5] != 0 and np.count_nonzero(c.mask) == 1
+    assert c.format == "eso" and c.medium == "air"
+    X, ivar, _ = cube_to_matrix(c.cube, c.ivar, c.mask)
+    assert ivar[2 * 4 + 3, 5] == 0 and np.all(np.isfinite(X))
+
+
+def test_cube_without_variance_warns(tmp_path):
+    pytest.importorskip("astropy")
+    from specnmf.ifu import read_cube
+
+    path = tmp_path / "novar.fits"
+    _write_eso(path, variance=False, pointers=False)
+    with pytest.warns(UserWarning, match="no variance"):
+        c = read_cube(path)
+    assert c.ivar is None
+
+
+def test_manga_style_cube_with_wave_extension_and_bad_bits(tmp_path):
+    pytest.importorskip("astropy")
+    from astropy.io import fits
+
+    from specnmf.ifu import read_cube
+
+    rng = np.random.default_rng(9)
+    n_wave, ny, nx = 8, 2, 3
+    flux = rng.normal(1, 1, (n_wave, ny, nx)).astype(">f4")
+    ivar = rng.uniform(1, 3, flux.shape).astype(">f4")
+    mask = np.zeros(flux.shape, dtype=">i4")
+    mask[1, 0, 0] = 1 << 10   # DONOTUSE
+    mask[2, 0, 1] = 1 << 1    # LOWCOV
+    wave = np.geomspace(3600, 3700, n_wave)
+    header = fits.Header()
+    header["ERRDATA"], header["QUALDATA"] = "IVAR", "MASK"
+    h_ivar = fits.ImageHDU(ivar, name="IVAR")
+    h_ivar.header["HDUCLAS2"], h_ivar.header["HDUCLAS3"] = "ERROR", "INVMSE"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(flux, header=header, name="FLUX"), h_ivar,
+                  fits.ImageHDU(mask, name="MASK"), fits.ImageHDU(wave, name="WAVE")]) \
+        .writeto(tmp_path / "manga.fits")
+    c = read_cube(tmp_path / "manga.fits")
+    assert c.format == "manga"
+    np.testing.assert_allclose(c.wavelength, wave)
+    np.testing.assert_allclose(c.ivar, np.moveaxis(ivar.astype(np.float64), 0, -1), rtol=1e-6)
+    assert c.mask[0, 0, 1] != 0 and c.mask[0, 1, 2] != 0
+    only = read_cube(tmp_path / "manga.fits", bad_bits=1 << 10)
+    assert only.mask[0, 0, 1] != 0 and only.mask[0, 1, 2] == 0
+    with pytest.raises(ValueError, match="bad_bits"):
+        read_cube(tmp_path / "manga.fits", bad_bits=0)
+
+
+def test_bundled_muse_crop_is_the_real_cube_cropped():
+    pytest.importorskip("astropy")
+    from astropy.wcs import WCS
+
+    from specnmf.datasets import load_muse_crop
+    from specnmf.datasets._muse import CROP
+    from specnmf.ifu import read_cube
+
+    crop = load_muse_crop()
+    assert crop.cube.shape == (12, 12, 512) and crop.medium == "air" and crop.format == "eso"
+    assert np.all(crop.ivar > 0) and crop.meta["INSTRUME"] == "MUSE"
+    assert crop.wavelength[0] == pytest.approx(6801.140625)
+    snr = np.median(crop.cube * np.sqrt(crop.ivar), axis=2)
+    assert 1 < np.median(snr) < 10  # low S/N per pixel
+    full = read_cube(_shared("muse", "abell478_minicube.fits"))
+    (y0, y1), (x0, x1), (z0, z1) = CROP["y"], CROP["x"], CROP["wave"]
+    assert np.array_equal(crop.cube, full.cube[y0:y1, x0:x1, z0:z1])
+    assert np.array_equal(crop.ivar, full.ivar[y0:y1, x0:x1, z0:z1])
+    np.testing.assert_allclose(crop.wavelength, full.wavelength[z0:z1])
+    a = WCS(crop.header).celestial.pixel_to_world_values(0, 0)
+    b = WCS(full.header).celestial.pixel_to_world_values(x0, y0)
+    np.testing.assert_allclose(a, b)
+
+
+def test_real_muse_cube_uses_stat_and_dq():
+    pytest.importorskip("astropy")
+    from astropy.io import fits
+
+    from specnmf.ifu import read_cube
+
+    path = _shared("muse", "abell478_minicube.fits")
+    c = read_cube(path)
+    with fits.open(path) as h:
+        stat = np.asarray(h["STAT"].data[:, 14, 23], dtype=np.float64)
+    np.testing.assert_allclose(c.ivar[14, 23], np.where(stat > 0, 1 / stat, 0), rtol=1e-6)
+    assert c.wavelength[0] == pytest.approx(4749.890625) and c.medium == "air"
+    assert np.count_nonzero(c.mask) == 5
+
+
+def test_coefficient_maps_of_a_model_fitted_with_fit_cube():
+    sim = make_ifu_cube(4, 5, 30, random_state=1)
+    model = fit_cube(SpectralNMF(2, solver="anls", max_iter=5, tol=0, random_state=0),
+                     sim.cube, ivar=sim.ivar)
+    maps = coefficient_maps(model)     # the README's form: the model remembers (ny, nx)
+    assert maps.shape == (4, 5, 2)
+    np.testing.assert_array_equal(maps, coefficient_maps(model.coefficients_, (4, 5)))
+    with pytest.raises(ValueError, match="spatial_shape is needed"):
+        coefficient_maps(model.coefficients_)
