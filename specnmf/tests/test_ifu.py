@@ -388,7 +388,7 @@ def test_eso_cube_variance_and_quality_are_honoured(tmp_path, err_class, err_nam
     assert c.ivar[1, 2, 4] == 0                       # NaN flux
     assert c.mask[2, 3, 5] != 0 and np.count_nonzero(c.mask) == 1
     assert c.format == "eso" and c.medium == "air"
-    X, ivar, _ = cube_to_matrix(c.cube, c.ivar, c.mask)
+    X, ivar, _ = cube_to_matrix(c.cube, ivar=c.ivar, mask=c.mask)
     assert ivar[2 * 4 + 3, 5] == 0 and np.all(np.isfinite(X))
 
 
