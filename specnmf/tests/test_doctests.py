@@ -25,6 +25,8 @@ MODULES = [
     "specnmf.io",
     "specnmf.ifu",
     "specnmf.interop",
+    "specnmf._readers",
+    "specnmf.redshift",
 ]
 #: modules whose examples need an optional package
 NEEDS = {"specnmf.interop": "specutils"}
