@@ -14,6 +14,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from . import _kernels
 from . import _validation as V
 from . import interop
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
@@ -554,8 +555,11 @@ class SpectralNMF(_ParamsMixin):
             return a if is_numpy_namespace(xp) else asarray(a, xp, dtype=dt, device=device)
 
         def solve(C, T, max_iter, tol, callback=None, **kw):
+            # the fused kernel for this many components, when the fit's work can repay
+            # loading it (see specnmf._kernels.MIN_WORK); otherwise the BLAS forms
+            compiled = is_numpy_namespace(xp) and _kernels.worthwhile(n * d * max(1, max_iter))
             solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties,
-                                           n_components=C.shape[1])
+                                           n_components=C.shape[1] if compiled else None)
             if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
                     and engine.block_rows < n:
                 large = solver.preferred_block_rows(d, C.shape[1])

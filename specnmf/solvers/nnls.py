@@ -600,10 +600,11 @@ class UncheckedInputError(ValueError):
 
 
 def _kernel_ok(X, ivar, q):
-    return (_kernels.available() and q <= _kernels.MAX_Q
+    return (q <= _kernels.MAX_Q
             and isinstance(X, np.ndarray) and isinstance(ivar, np.ndarray)
             and X.dtype == ivar.dtype and X.dtype in (np.float32, np.float64)
-            and X.flags.c_contiguous and ivar.flags.c_contiguous)
+            and X.flags.c_contiguous and ivar.flags.c_contiguous
+            and _kernels.worthwhile(X.size))
 
 
 def _grams(X, ivar, T, pairs):

@@ -1,6 +1,7 @@
 """Shared fixtures: an empca-style toy problem with heteroscedastic noise,
 masked pixels and negative flux, and the paper's published doublet outputs."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ settings.register_profile(
 settings.load_profile("specnmf")
 
 DATA = Path(__file__).parent / "data"
+
+# The tests exercise the compiled kernels on small problems too (by default they
+# are used only for work that repays loading them: specnmf._kernels.MIN_WORK).
+os.environ.setdefault("SPECNMF_NUMBA_MIN_WORK", "0")
 
 
 def make_toy(n=40, d=30, k=3, missing=0.3, snr=3.0, seed=0):

@@ -48,6 +48,32 @@ def test_import_loads_neither_numba_nor_scipy_optimize():
     assert loaded == "[]"
 
 
+@pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
+def test_small_work_runs_on_numpy_without_loading_numba():
+    # loading numba and the kernels (~1 s once per process) only pays for large work
+    # (specnmf._kernels.MIN_WORK): a new process fits and transforms 500 x 400 spectra
+    # without importing numba, and uses the kernels when the threshold is lowered
+    env = {k: v for k, v in os.environ.items() if k != "SPECNMF_NUMBA_MIN_WORK"}
+    env["PYTHONPATH"] = str(ROOT)
+    code = """
+        import sys
+        import numpy as np
+        from specnmf import SpectralNMF
+        rng = np.random.default_rng(0)
+        T = rng.uniform(size=(5, 400))
+        X = rng.uniform(size=(500, 5)) @ T + rng.normal(size=(500, 400))
+        m = SpectralNMF(5, max_iter=5, tol=0, random_state=0).fit(X, ivar=np.ones_like(X))
+        c = m.transform(X, ivar=np.ones_like(X))
+        print("numba" in sys.modules, float(c.sum()))
+    """
+    plain, total = _run(code, env=env, cwd=ROOT).stdout.split()
+    assert plain == "False"
+    compiled, total_compiled = _run(code, env={**env, "SPECNMF_NUMBA_MIN_WORK": "1"},
+                                    cwd=ROOT).stdout.split()
+    assert compiled == "True"
+    assert float(total) == pytest.approx(float(total_compiled), rel=1e-9)
+
+
 def test_uncacheable_function_compiles_with_one_log_line(monkeypatch, caplog):
     pytest.importorskip("numba")
     # a function without a source file: numba has no location to cache it in
