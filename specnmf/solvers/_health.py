@@ -57,7 +57,8 @@ DEAD_RTOL = 1e-10
 RESEEDS_PER_COMPONENT = 2
 
 
-def _assemble(parts, n, xp):
+def assemble_rows(parts, n, xp):
+    """The rows of a pass's ``[(rows, part), ...]`` (block order) as one array of n rows."""
     if len(parts) == 1 and parts[0][0] == slice(0, n):
         return parts[0][1]
     return xp.concat([p for _, p in parts], axis=0)
@@ -148,7 +149,7 @@ def reseed(solver, engine, C, T, k, xp, *, coefficients=True, positive=False):
     C = xp.where(keep_c[None, :], C, xp.zeros_like(C))
     T = xp.where(keep_c[:, None], T, xp.zeros_like(T))
     parts, _ = engine.run_pass(solver, partial(_scores_block, solver, T), C)
-    scores = np.asarray(to_numpy(_assemble(parts, n, xp)), dtype=np.float64).reshape(-1)
+    scores = np.asarray(to_numpy(assemble_rows(parts, n, xp)), dtype=np.float64).reshape(-1)
     if scores.size == 0 or not np.isfinite(scores).all() or scores.max() <= 0:
         return None
     i = int(np.argmax(scores))
@@ -163,7 +164,7 @@ def reseed(solver, engine, C, T, k, xp, *, coefficients=True, positive=False):
     T = xp.where(onehot[:, None], xp.reshape(t, (1, -1)), T)
     if coefficients:
         parts, _ = engine.run_pass(solver, partial(_coefficient_block, solver, T, t), C)
-        cpq = _assemble(parts, n, xp)
+        cpq = assemble_rows(parts, n, xp)
         c, p, q = cpq[:, 0], cpq[:, 1], cpq[:, 2]
         if positive:
             c = _positive_coefficients(c, p, q, xp)
@@ -231,7 +232,7 @@ def stationarity(solver, engine, C, T, xp, penalties=()):
     """
     n, q = C.shape
     parts, total = engine.run_pass(solver, partial(_gradient_block, solver, T), C)
-    P = _assemble(parts, n, xp)
+    P = assemble_rows(parts, n, xp)
     gC, hC = P[:, :q], P[:, q:]
     gT, hT = total[1], total[2]
     for p in penalties:

@@ -78,12 +78,6 @@ def _block_chi2(solver, T, rows, block, C_rows):
     return None, (solver.block_chi2(block, C_rows, T),)
 
 
-def _assemble(parts, C, xp):
-    if len(parts) == 1 and parts[0][0] == slice(0, C.shape[0]):
-        return parts[0][1]
-    return xp.concat([p for _, p in parts], axis=0)
-
-
 def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
         callback=None, checkpoint=None, verbose=False, start_iter=0, history=None,
         solver_state=None, reseed=True):
@@ -163,7 +157,7 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
         # solvers with per-spectrum state (APG) send it along with the rows
         P = solver.row_inputs(C) if hasattr(solver, "row_inputs") else C
         parts, total = engine.run_pass(solver, fn, P)
-        C_new = _assemble(parts, C, xp)
+        C_new = _health.assemble_rows(parts, C.shape[0], xp)
         if hasattr(solver, "row_outputs"):
             C_new = solver.row_outputs(C_new, C)
         T_new = solver.templates_step(T, total[1:], C_new)
