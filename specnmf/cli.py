@@ -874,6 +874,22 @@ def _example(text):
     return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
 
 
+def _command(sub, name, func, *, help, description, example):
+    """A sub-command's parser: wrapped description, example epilog, handler."""
+    p = sub.add_parser(name, help=help, description=_wrap(description), epilog=_example(example),
+                       formatter_class=_Formatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _hdu_option(parser):
+    parser.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
+
+
+def _overwrite_option(parser, help="replace an existing output file"):
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
 def build_parser():
     """The ``specnmf`` argument parser (exposed for documentation and tests)."""
     from . import __version__
@@ -891,17 +907,17 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"specnmf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("fit", help="fit templates to spectra and save the model",
-                       description=_wrap("Fit non-negative templates to the spectra in INPUT "
-                                   "(FITS, npz, npy, HDF5) and save the model (FITS or npz). "
-                                   "An IFU cube (a FITS file with a 3-D DATA or FLUX image) is "
-                                   "fitted one spectrum per spaxel, weighted by its variance, "
-                                   "and its coefficient maps are written too (--maps)."),
-                       epilog=_example("""
-                           specnmf fit spectra.fits -k 5 --solver anls -o model.fits
-                           specnmf fit cube.fits -k 4 -o m.fits    # also writes m_maps.fits
-                       """),
-                       formatter_class=_Formatter)
+    p = _command(sub, "fit", cmd_fit, help="fit templates to spectra and save the model",
+                 description="""
+                    Fit non-negative templates to the spectra in INPUT (FITS, npz, npy, HDF5) and
+                    save the model (FITS or npz). An IFU cube (a FITS file with a 3-D DATA or FLUX
+                    image) is fitted one spectrum per spaxel, weighted by its variance, and its
+                    coefficient maps are written too (--maps).
+                    """,
+                 example=("""
+                     specnmf fit spectra.fits -k 5 --solver anls -o model.fits
+                     specnmf fit cube.fits -k 4 -o m.fits    # also writes m_maps.fits
+                 """))
     p.add_argument("input", help="spectra file: FITS (FLUX/IVAR/MASK/WAVELENGTH; SDSS, DESI, "
                                  "LAMOST spectra; an IFU cube: ESO DATA/STAT/DQ or "
                                  "FLUX/IVAR/MASK), .npz, .npy, .h5")
@@ -910,59 +926,59 @@ def build_parser():
                    help="IFU cube only: where to write the coefficient maps, with the cube's "
                         "celestial WCS (default: OUTPUT with _maps.fits in place of its "
                         "extension)")
-    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _hdu_option(p)
+    _overwrite_option(p)
     p.add_argument("--memmap", action="store_true",
                    help="stream the spectra from disk instead of loading them (FITS images, "
                         ".npy, HDF5; see --block-size)")
     _fit_options(p)
     _common(p)
-    p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("transform", help="coefficients of spectra with a saved model's templates",
-                       description=_wrap("Fit coefficients (templates fixed) of the spectra in INPUT "
-                                   "and write them (.fits, .npz, .npy or .csv) with each "
-                                   "spectrum's chi^2.  For an IFU cube, write the coefficient "
-                                   "maps (.fits) with the cube's celestial WCS and CHI2 (and "
-                                   "SIGMA) map extensions."),
-                       epilog=_example("specnmf transform model.fits new.fits -o coeffs.fits "
-                                       "--uncertainty"),
-                       formatter_class=_Formatter)
+    p = _command(sub, "transform", cmd_transform,
+                 help="coefficients of spectra with a saved model's templates",
+                 description="""
+                    Fit coefficients (templates fixed) of the spectra in INPUT and write them
+                    (.fits, .npz, .npy or .csv) with each spectrum's chi^2.  For an IFU cube, write
+                    the coefficient maps (.fits) with the cube's celestial WCS and CHI2 (and SIGMA)
+                    map extensions.
+                    """,
+                 example=("specnmf transform model.fits new.fits -o coeffs.fits "
+                          "--uncertainty"))
     p.add_argument("model", help="model file written by 'specnmf fit'")
     p.add_argument("input", help="spectra file")
     p.add_argument("-o", "--output", required=True, help="coefficients file (.fits/.npz/.npy/.csv)")
     p.add_argument("--uncertainty", action="store_true",
                    help="also write the 1-sigma uncertainty of each coefficient")
-    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _hdu_option(p)
+    _overwrite_option(p)
     _common(p)
-    p.set_defaults(func=cmd_transform)
 
-    p = sub.add_parser("plot", help="plot a saved model's templates to an image",
-                       description=_wrap("Plot the templates of a saved model (needs matplotlib)."),
-                       epilog=_example("specnmf plot model.fits -o templates.png"),
-                       formatter_class=_Formatter)
+    p = _command(sub, "plot", cmd_plot, help="plot a saved model's templates to an image",
+                 description="""
+                    Plot the templates of a saved model (needs matplotlib).
+                    """,
+                 example=("specnmf plot model.fits -o templates.png"))
     p.add_argument("model", help="model file")
     p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
     p.add_argument("--dpi", type=int, default=110, help="resolution of raster images (default 110)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _overwrite_option(p)
     _common(p)
-    p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("info", help="summarise a saved model",
-                       description=_wrap("Print a saved model's settings, shapes, iterations and chi^2."),
-                       epilog=_example("specnmf info model.fits"), formatter_class=_Formatter)
+    p = _command(sub, "info", cmd_info, help="summarise a saved model",
+                 description="""
+                    Print a saved model's settings, shapes, iterations and chi^2.
+                    """,
+                 example=("specnmf info model.fits"))
     p.add_argument("model", help="model file")
     _common(p)
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("cv", help="choose the number of templates by held-out chi^2",
-                       description=_wrap("Hold out a random fraction of the observed pixels, fit each "
-                                   "candidate number of templates to the rest and print the "
-                                   "held-out chi^2 per candidate and the selected one (the "
-                                   "smallest within one standard error of the minimum)."),
-                       epilog=_example("specnmf cv spectra.fits --candidates 1-8 --max-iter 500"),
-                       formatter_class=_Formatter)
+    p = _command(sub, "cv", cmd_cv, help="choose the number of templates by held-out chi^2",
+                 description="""
+                    Hold out a random fraction of the observed pixels, fit each candidate number of
+                    templates to the rest and print the held-out chi^2 per candidate and the
+                    selected one (the smallest within one standard error of the minimum).
+                    """,
+                 example=("specnmf cv spectra.fits --candidates 1-8 --max-iter 500"))
     p.add_argument("input", help="spectra file")
     p.add_argument("--candidates", type=_parse_candidates, default=list(range(1, 9)),
                    help="numbers of templates to try, e.g. 1-8 or 2,4,6 (default 1-8)")
@@ -971,35 +987,35 @@ def build_parser():
     p.add_argument("--rule", choices=("one_se", "min"), default="one_se",
                    help="one_se: smallest candidate within one standard error of the best "
                         "(default); min: lowest held-out chi^2")
-    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
+    _hdu_option(p)
     _fit_options(p, with_k=False)
     _common(p)
-    p.set_defaults(func=cmd_cv)
 
-    p = sub.add_parser("demo", help="fit the paper's doublet: summary, model and plot",
-                       description=_wrap("Fit two Nearly-NMF templates to the Nearly-NMF paper's toy "
-                                   "doublet (bundled with specnmf), print a summary, and write "
-                                   "DIR/doublet_model.fits and DIR/doublet_templates.png."),
-                       epilog=_example("specnmf demo -o specnmf_demo_output"),
-                       formatter_class=_Formatter)
+    p = _command(sub, "demo", cmd_demo, help="fit the paper's doublet: summary, model and plot",
+                 description="""
+                    Fit two Nearly-NMF templates to the Nearly-NMF paper's toy doublet (bundled with
+                    specnmf), print a summary, and write DIR/doublet_model.fits and
+                    DIR/doublet_templates.png.
+                    """,
+                 example=("specnmf demo -o specnmf_demo_output"))
     p.add_argument("-o", "--output", default="specnmf_demo_output", metavar="DIR",
                    help="output directory (created; default specnmf_demo_output)")
     p.add_argument("--max-iter", type=int, default=1000, help="maximum iterations (default 1000)")
     p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _overwrite_option(p, "replace existing output files")
     _common(p)
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("redshift", help="redshifts of spectra with a model's (or redrock) templates",
-                       description=_wrap("Fit each spectrum in INPUT (observed frame, with a "
-                                   "wavelength grid) with the rest-frame templates of MODEL (a "
-                                   "specnmf model or a redrock template file) at every trial "
-                                   "redshift (NNLS for non-negative templates) and write the "
-                                   "best redshift per spectrum: Z, ZERR, CHI2, DELTACHI2, "
-                                   "ZWARN, SPECTYPE, SUBTYPE, COEFF, NPIXELS."),
-                       epilog=_example("specnmf redshift model.fits spectra.fits --z-range 0.05,4 "
-                                       "-o zbest.fits"),
-                       formatter_class=_Formatter)
+    p = _command(sub, "redshift", cmd_redshift,
+                 help="redshifts of spectra with a model's (or redrock) templates",
+                 description="""
+                    Fit each spectrum in INPUT (observed frame, with a wavelength grid) with the
+                    rest-frame templates of MODEL (a specnmf model or a redrock template file) at
+                    every trial redshift (NNLS for non-negative templates) and write the best
+                    redshift per spectrum: Z, ZERR, CHI2, DELTACHI2, ZWARN, SPECTYPE, SUBTYPE,
+                    COEFF, NPIXELS.
+                    """,
+                 example=("specnmf redshift model.fits spectra.fits --z-range 0.05,4 "
+                          "-o zbest.fits"))
     p.add_argument("model", help="model file (rest-frame templates) or redrock template file")
     p.add_argument("input", help="spectra file with a wavelength grid")
     p.add_argument("-o", "--output", required=True, help="redshift table (.fits or .npz)")
@@ -1012,19 +1028,18 @@ def build_parser():
                    help="step in log10(1+z) (default: one pixel of a log-lambda grid, else 1e-4)")
     p.add_argument("--spectype", default="QSO", help="class name of MODEL's templates (QSO)")
     p.add_argument("--block-size", type=int, default=16, help="spectra per block (default 16)")
-    p.add_argument("--hdu", default=None, help="FITS HDU / HDF5 group holding the spectra")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _hdu_option(p)
+    _overwrite_option(p)
     _common(p)
-    p.set_defaults(func=cmd_redshift)
 
-    p = sub.add_parser("export", help="export a model's templates for another program",
-                       description=_wrap("Write a saved model's templates in another format: "
-                                   "'redrock' writes a redrock template file (RRMETHOD NMF for "
-                                   "non-negative templates) that redrock.templates.Template "
-                                   "loads."),
-                       epilog=_example("specnmf export model.fits --format redrock --spectype QSO "
-                                       "-o rrtemplate-qso.fits"),
-                       formatter_class=_Formatter)
+    p = _command(sub, "export", cmd_export, help="export a model's templates for another program",
+                 description="""
+                    Write a saved model's templates in another format: 'redrock' writes a redrock
+                    template file (RRMETHOD NMF for non-negative templates) that
+                    redrock.templates.Template loads.
+                    """,
+                 example=("specnmf export model.fits --format redrock --spectype QSO "
+                          "-o rrtemplate-qso.fits"))
     p.add_argument("model", help="model file")
     p.add_argument("-o", "--output", required=True, help="output file")
     p.add_argument("--format", choices=("redrock",), default="redrock", help="output format")
@@ -1036,9 +1051,8 @@ def build_parser():
                    help="write redrock's trial redshifts (REDSHIFTS HDU) over this range")
     p.add_argument("--z-step", type=float, default=None,
                    help="their step in log10(1+z) (default 5e-4)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _overwrite_option(p)
     _common(p)
-    p.set_defaults(func=cmd_export)
     return parser
 
 
