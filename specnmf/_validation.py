@@ -121,6 +121,29 @@ def _check_2d(arr: np.ndarray, name: str, hint: str = "") -> None:
                          "is required.")
 
 
+def check_ivar(ivar, shape, dtype, *, of="X"):
+    """Validate inverse variances of ``shape``: finite and >= 0 (``None``: unit weights).
+
+    Returns an array of ``dtype``; a view of the input when nothing had to
+    change (callers that write to it copy it).  ``of`` names the array whose
+    shape ``ivar`` must have, for the error message.
+    """
+    if ivar is None:
+        return np.ones(shape, dtype=dtype)
+    ivar = _as_real_array(ivar, "ivar")
+    if ivar.shape != tuple(shape):
+        raise ValueError(f"ivar must have the shape of {of} {tuple(shape)}; got {ivar.shape}")
+    ivar = ivar.astype(dtype, copy=False)
+    # fast path: two reductions, no temporaries (NaN propagates through min/max)
+    if not (ivar.min() >= 0 and ivar.max() < np.inf):
+        if not np.all(np.isfinite(ivar)):
+            raise ValueError("ivar contains NaN or inf; use ivar=0 for missing data")
+        raise ValueError(
+            f"ivar must be >= 0 (inverse variance); found {int(np.sum(ivar < 0))} negative values"
+        )
+    return ivar
+
+
 def check_spectra(X, ivar=None, *, dtype="float64"):
     """Validate flux and inverse variance.
 
@@ -155,20 +178,7 @@ def check_spectra(X, ivar=None, *, dtype="float64"):
         dt = np.dtype(np.float32) if X.dtype == np.float32 else np.dtype(np.float64)
     else:
         dt = check_dtype(dtype)
-    if ivar is None:
-        ivar = np.ones(X.shape, dtype=dt)
-    else:
-        ivar = _as_real_array(ivar, "ivar")
-        if ivar.shape != X.shape:
-            raise ValueError(f"ivar must have the shape of X {X.shape}; got {ivar.shape}")
-        ivar = ivar.astype(dt, copy=False)
-        # fast path: two reductions, no temporaries (NaN propagates through min/max)
-        if not (ivar.min() >= 0 and ivar.max() < np.inf):
-            if not np.all(np.isfinite(ivar)):
-                raise ValueError("ivar contains NaN or inf; use ivar=0 for missing data")
-            raise ValueError(
-                f"ivar must be >= 0 (inverse variance); found {int(np.sum(ivar < 0))} negative values"
-            )
+    ivar = check_ivar(ivar, X.shape, dt)
     X = X.astype(dt, copy=False)
     with np.errstate(invalid="ignore", over="ignore"):
         finite = bool(np.isfinite(X.min()) and np.isfinite(X.max()))

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import interop
 from ._readers import ivar_from_variance as _ivar_from_variance
+from ._validation import check_ivar
 
 logger = logging.getLogger("specnmf")
 
@@ -155,17 +156,7 @@ def cube_to_matrix(cube, *, ivar=None, mask=None, wave_axis=-1):
     flux = _as_wave_last(cube, axis).astype(dt, copy=True)
     ny, nx, n_wave = flux.shape
 
-    if ivar is None:
-        w = np.ones(flux.shape, dtype=dt)
-    else:
-        ivar = _numeric(ivar, "ivar")
-        if ivar.shape != cube.shape:
-            raise ValueError(f"ivar must have the shape of cube, {cube.shape}; got {ivar.shape}")
-        w = _as_wave_last(ivar, axis).astype(dt, copy=True)
-        if not np.all(np.isfinite(w)):
-            raise ValueError("ivar must be finite; mark missing pixels with ivar = 0 or mask")
-        if np.any(w < 0):
-            raise ValueError(f"ivar must be >= 0; got a minimum of {float(w.min())!r}")
+    w = np.array(_as_wave_last(check_ivar(ivar, cube.shape, dt, of="cube"), axis), copy=True)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != cube.shape:

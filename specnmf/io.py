@@ -202,22 +202,23 @@ def _native(a, lazy=False):
     return a.astype(dt)  # always a native-order copy, never a view on the file
 
 
-def _require_fits():
+def _require(module, purpose, extra):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
     try:
-        from astropy.io import fits
-    except ImportError as exc:  # pragma: no cover - astropy is a test dependency
-        raise ImportError("reading and writing FITS files needs astropy: "
-                          "pip install 'specnmf[fits]'") from exc
-    return fits
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - astropy and h5py are test dependencies
+        raise ImportError(f"{purpose} needs {module.split('.')[0]}: "
+                          f"pip install 'specnmf[{extra}]'") from exc
+
+
+def _require_fits():
+    return _require("astropy.io.fits", "reading and writing FITS files", "fits")
 
 
 def _require_h5py():
-    try:
-        import h5py
-    except ImportError as exc:  # pragma: no cover - h5py is a test dependency
-        raise ImportError("reading and writing HDF5 files needs h5py: "
-                          "pip install 'specnmf[io]'") from exc
-    return h5py
+    return _require("h5py", "reading and writing HDF5 files", "io")
 
 
 def _header_dict(*headers) -> dict:
