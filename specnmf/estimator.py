@@ -19,7 +19,6 @@ from ._params import ParamsMixin
 from ._validation import boolish, dtype_name, in_interval, one_of, path_or_none, random_state
 from ._validation import check_spatial_shape as _check_spatial_shape
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
-from .checkpoint import checkpointer, fingerprint, resume_state
 from .engine import InMemory, make_engine
 from .init import INITS, check_random_state, initial_factors, sequential_start
 from .objective import _chi2
@@ -386,14 +385,19 @@ class SpectralNMF(ParamsMixin):
                            patience=self.patience, penalties=penalties, xp=xp,
                            verbose=self.verbose, callback=callback, **kw)
 
-        # the settings that change the iterates identify a checkpoint
-        fp = None if self.checkpoint is None else fingerprint(n, d, {
-            key: value for key, value in self.get_params().items()
-            if key not in ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
-                           "checkpoint_every", "block_size")})
-        save = checkpointer(self.checkpoint, self.checkpoint_every, fp)
-        resumed = resume_state(self.checkpoint, fp, f"{n} spectra x {d} pixels, "
-                               f"{self.get_params()}") if resume else None
+        save = resumed = None
+        if self.checkpoint is not None or resume:
+            # imported here: its hashing and zip modules would slow down `import specnmf`
+            from .checkpoint import checkpointer, fingerprint, resume_state
+
+            # the settings that change the iterates identify a checkpoint
+            fp = None if self.checkpoint is None else fingerprint(n, d, {
+                key: value for key, value in self.get_params().items()
+                if key not in ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
+                               "checkpoint_every", "block_size")})
+            save = checkpointer(self.checkpoint, self.checkpoint_every, fp)
+            resumed = resume_state(self.checkpoint, fp, f"{n} spectra x {d} pixels, "
+                                   f"{self.get_params()}") if resume else None
         if resumed is not None:
             result = solve(resumed["C"], resumed["T"], self.max_iter, self.tol,
                            callback=callback, checkpoint=save,
