@@ -1,8 +1,9 @@
-r"""The ``SpectralNMF`` estimator: a thin shell over the solvers.
+r"""The ``SpectralNMF`` estimator: parameters, validation and orchestration.
 
-Parameters are checked once, declaratively, at ``fit``; data are validated
-once by :mod:`specnmf._validation`; the iteration is
-:func:`specnmf.solvers.run`.
+Parameters are checked once, declaratively, at ``fit`` (scikit-learn's
+conventions come from :mod:`specnmf._params`); data are validated once by
+:mod:`specnmf._validation`; the start is :mod:`specnmf.init`'s, the iteration
+:func:`specnmf.solvers.run`, the checkpoints :mod:`specnmf.checkpoint`'s.
 """
 
 from __future__ import annotations
