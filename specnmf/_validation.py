@@ -274,3 +274,68 @@ def check_scalar(value, name, *, low=None, high=None, integer=False, allow_none=
             f"{high if high is not None else 'inf'}{rb}; got {value!r}"
         )
     return value
+
+
+# -- declarative parameter checks: each is ``check(value, name)``, raising on a bad value
+def one_of(*allowed):
+    """A check that the value is one of the strings ``allowed``."""
+    def check(value, name):
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{name} must be one of {sorted(allowed)}; got {value!r}")
+    check.__doc__ = f"one of {allowed}"
+    return check
+
+
+def in_interval(kind, low=None, high=None, closed="both", allow_none=False):
+    """A check that the value is a number of ``kind`` (``Integral`` or ``Real``) in the interval."""
+    def check(value, name):
+        check_scalar(value, name, low=low, high=high, integer=kind is Integral,
+                     allow_none=allow_none, closed=closed)
+    return check
+
+
+def random_state(value, name):
+    """None, an int or a numpy random generator (see :func:`specnmf.init.check_random_state`)."""
+    from .init import check_random_state
+
+    check_random_state(value)
+
+
+def boolish(value, name):
+    """A bool or an int (e.g. a verbosity level)."""
+    if not isinstance(value, (bool, Integral)):
+        raise TypeError(f"{name} must be a bool or an int; got {value!r}")
+
+
+def dtype_name(value, name):
+    """A working precision accepted by :func:`check_dtype`."""
+    check_dtype(value)
+
+
+def path_or_none(value, name):
+    """A file system path (str, bytes, ``os.PathLike``) or None."""
+    if value is not None and not isinstance(value, (str, bytes)) and not hasattr(value, "__fspath__"):
+        raise TypeError(f"{name} must be a path or None; got {value!r}")
+
+
+def check_spatial_shape(shape, n):
+    """``(ny, nx)`` as two ints with ``ny * nx == n`` (the grid of ``n`` spectra)."""
+    try:
+        ny, nx = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"spatial_shape must be a pair (ny, nx); got {shape!r}") from None
+    if ny < 1 or nx < 1 or ny * nx != n:
+        raise ValueError(f"spatial_shape {tuple(shape)} must have ny * nx equal to the number of "
+                         f"spectra ({n})")
+    return (ny, nx)
+
+
+def check_wavelength(wavelength, n_pixels):
+    """None, or the wavelength grid as a float64 array of shape ``(n_pixels,)``."""
+    if wavelength is None:
+        return None
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    if wavelength.shape != (n_pixels,):
+        raise ValueError(f"wavelength must have shape ({n_pixels},) (one per pixel); "
+                         f"got {wavelength.shape}")
+    return wavelength

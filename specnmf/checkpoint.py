@@ -13,6 +13,9 @@ worst a stray ``.<name>.*.tmp`` file is left beside it.
 
 :func:`fingerprint` summarises the data shape and the settings of a fit, so a
 resumed fit can refuse a checkpoint written for other data or settings.
+:func:`checkpointer` and :func:`resume_state` are the two ends a fit uses:
+the callback that writes the iterate every few iterations, and the reader that
+hands it back to continue exactly.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import numpy as np
 
 logger = logging.getLogger("specnmf")
 
-__all__ = ["save_checkpoint", "load_checkpoint", "fingerprint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "fingerprint", "checkpointer", "resume_state",
+           "CheckpointError"]
 
 _META_KEY = "__specnmf_meta__"
 _FORMAT = "specnmf-checkpoint"
@@ -265,3 +269,90 @@ def fingerprint(n_spectra, n_pixels, params):
               "params": _canonical(params, "params")}
     text = json.dumps(record, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checkpointer(path, every, fingerprint):
+    """The ``checkpoint`` callback of :func:`specnmf.solvers.run`, or None.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or None
+        Checkpoint file; None writes nothing (and returns None).
+    every : int
+        Write after every ``every``-th iteration.
+    fingerprint : str
+        :func:`fingerprint` of the fit, stored to be compared on resume.
+
+    Returns
+    -------
+    callable or None
+        ``write(iteration, C, T, history, state)``: stores the factors, the
+        histories and the solver's state (scalars in ``meta``, arrays as
+        ``state_<name>``), atomically, when ``iteration`` is a multiple of
+        ``every``.
+    """
+    if path is None:
+        return None
+
+    def write(it, C, T, history, state):
+        if it % every:
+            return
+        arrays = {"C": C, "T": T}
+        arrays.update({f"history_{key}": np.asarray(v, dtype=np.float64)
+                       for key, v in history.items()})
+        scalars = {}
+        for key, value in state.items():
+            if value is None:
+                continue
+            if np.isscalar(value):
+                scalars[key] = float(value)
+            else:
+                arrays[f"state_{key}"] = value
+        save_checkpoint(path, arrays, {"iteration": it, "fingerprint": fingerprint,
+                                       "history_keys": list(history), "scalars": scalars})
+    return write
+
+
+def resume_state(path, fingerprint, describe):
+    """What a fit needs to continue from the checkpoint written by :func:`checkpointer`.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or None
+        The checkpoint file (None is an error: there is nothing to resume from).
+    fingerprint : str
+        :func:`fingerprint` of the fit that resumes; it must equal the stored one.
+    describe : str
+        The data shape and settings of that fit, for the error message.
+
+    Returns
+    -------
+    dict or None
+        ``{"C", "T", "iteration", "history", "state"}`` (the keyword arguments
+        :func:`specnmf.solvers.run` continues from), or None when ``path`` does
+        not exist yet (a new fit starts).
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is None or the checkpoint was written for other data or
+        settings; :class:`CheckpointError` if it cannot be read.
+    """
+    if path is None:
+        raise ValueError("resume=True needs the checkpoint parameter (a path)")
+    if not os.path.exists(path):
+        logger.info("no checkpoint at %s; starting a new fit", path)
+        return None
+    arrays, meta = load_checkpoint(path)
+    if meta.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"checkpoint {path} was written for other data or settings "
+            f"(its shape/parameters do not match these: {describe}); delete it or fit "
+            f"with resume=False")
+    history = {key: list(arrays[f"history_{key}"]) for key in meta["history_keys"]}
+    state = dict(meta.get("scalars", {}))
+    state.update({key[len("state_"):]: value for key, value in arrays.items()
+                  if key.startswith("state_")})
+    logger.info("resuming from %s at iteration %d", path, meta["iteration"])
+    return {"C": arrays["C"], "T": arrays["T"], "iteration": int(meta["iteration"]),
+            "history": history, "state": state}

@@ -1,14 +1,13 @@
-r"""The ``SpectralNMF`` estimator: a thin shell over the solvers.
+r"""The ``SpectralNMF`` estimator: parameters, validation and orchestration.
 
-Parameters are checked once, declaratively, at ``fit``; data are validated
-once by :mod:`specnmf._validation`; the iteration is
-:func:`specnmf.solvers.run`.
+Parameters are checked once, declaratively, at ``fit`` (scikit-learn's
+conventions come from :mod:`specnmf._params`); data are validated once by
+:mod:`specnmf._validation`; the start is :mod:`specnmf.init`'s, the iteration
+:func:`specnmf.solvers.run`, the checkpoints :mod:`specnmf.checkpoint`'s.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import logging
 from numbers import Integral, Real
 
@@ -17,9 +16,12 @@ import numpy as np
 from . import _kernels
 from . import _validation as V
 from . import interop
+from ._params import ParamsMixin
+from ._validation import boolish, dtype_name, in_interval, one_of, path_or_none, random_state
+from ._validation import check_spatial_shape as _check_spatial_shape
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
 from .engine import InMemory, make_engine
-from .init import INITS, check_random_state, nndsvd_init, random_init
+from .init import INITS, check_random_state, initial_factors, sequential_start
 from .objective import _chi2
 from .progress import progress_callback
 from .solvers import MULTIPLICATIVE, SOLVERS, run
@@ -30,153 +32,12 @@ logger = logging.getLogger("specnmf")
 __all__ = ["SpectralNMF"]
 
 
-# -- declarative parameter checks -------------------------------------------
-def _options(*allowed):
-    def check(value, name):
-        if not isinstance(value, str) or value not in allowed:
-            raise ValueError(f"{name} must be one of {sorted(allowed)}; got {value!r}")
-    check.__doc__ = f"one of {allowed}"
-    return check
-
-
-def _interval(kind, low=None, high=None, closed="both", allow_none=False):
-    def check(value, name):
-        V.check_scalar(value, name, low=low, high=high, integer=kind is Integral,
-                       allow_none=allow_none, closed=closed)
-    return check
-
-
-def _random_state(value, name):
-    check_random_state(value)
-
-
-def _boolish(value, name):
-    if not isinstance(value, (bool, Integral)):
-        raise TypeError(f"{name} must be a bool or an int; got {value!r}")
-
-
-def _dtype(value, name):
-    V.check_dtype(value)
-
-
-def _optional_path(value, name):
-    if value is not None and not isinstance(value, (str, bytes)) and not hasattr(value, "__fspath__"):
-        raise TypeError(f"{name} must be a path or None; got {value!r}")
-
-
-_UNCHANGED = "$UNCHANGED$"   # scikit-learn's sentinel: leave a request as it is
-
-
-class _ParamsMixin:
-    """``get_params``/``set_params``/``repr`` as in scikit-learn, without importing it."""
-
-    @classmethod
-    def _get_param_names(cls):
-        sig = inspect.signature(cls.__init__)
-        return sorted(p.name for p in sig.parameters.values()
-                      if p.name != "self" and p.kind != p.VAR_KEYWORD)
-
-    def get_params(self, deep=True):
-        """Parameters of this estimator, as a dict (scikit-learn convention)."""
-        return {name: getattr(self, name) for name in self._get_param_names()}
-
-    def set_params(self, **params):
-        """Set parameters; unknown names raise ``ValueError``. Returns self."""
-        valid = self._get_param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}; "
-                                 f"valid parameters are {valid}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self):
-        sig = inspect.signature(type(self).__init__)
-        parts = []
-        for name in self._get_param_names():
-            default = sig.parameters[name].default
-            value = getattr(self, name)
-            if default is inspect.Parameter.empty or not _same(value, default):
-                parts.append(f"{name}={value!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
-
-    def __sklearn_tags__(self):
-        # only scikit-learn calls this, so importing it here adds no dependency
-        from sklearn.utils import Tags, TargetTags, TransformerTags, InputTags
-
-        return Tags(
-            estimator_type=None,
-            target_tags=TargetTags(required=False),
-            transformer_tags=TransformerTags(preserves_dtype=[np.dtype(self.dtype).name]
-                                             if self.dtype in ("float32", "float64") else []),
-            # negative flux is data, not an error (input_tags.positive_only stays False);
-            # NaN flux is allowed only where ivar == 0, which the tag cannot say
-            input_tags=InputTags(allow_nan=False),
-        )
-
-    def __sklearn_clone__(self):
-        """``sklearn.base.clone``: a new unfitted estimator with the same parameters and
-        metadata requests (scikit-learn's default clone cannot copy plain request dicts)."""
-        new = type(self)(**{k: copy.deepcopy(v) for k, v in self.get_params().items()})
-        if hasattr(self, "_ivar_requests"):
-            new._ivar_requests = dict(self._ivar_requests)
-        return new
-
-    # -- scikit-learn metadata routing, without importing scikit-learn ---------------
-    # Meta-estimators (Pipeline, GridSearchCV, cross_validate) pass ``ivar`` on to
-    # the methods for which it was requested, sliced like X.
-    def _set_ivar_request(self, method, ivar):
-        if ivar is _UNCHANGED:
-            return self
-        if not (ivar is None or isinstance(ivar, (bool, str))):
-            raise ValueError(f"set_{method}_request(ivar=...) takes True, False, None or an "
-                             f"alias (str); got {ivar!r}")
-        requests = dict(getattr(self, "_ivar_requests", {}))
-        requests[method] = ivar
-        self._ivar_requests = requests
-        return self
-
-    def set_fit_request(self, *, ivar=_UNCHANGED):
-        """Whether scikit-learn meta-estimators pass ``ivar`` to :meth:`fit` (and to the fit
-        half of ``fit_transform``): True, False, None (error if given) or an alias.
-
-        Needs ``sklearn.set_config(enable_metadata_routing=True)``.  Returns self.
-        """
-        return self._set_ivar_request("fit", ivar)
-
-    def set_transform_request(self, *, ivar=_UNCHANGED):
-        """As :meth:`set_fit_request`, for :meth:`transform`.  Returns self."""
-        return self._set_ivar_request("transform", ivar)
-
-    def set_score_request(self, *, ivar=_UNCHANGED):
-        """As :meth:`set_fit_request`, for :meth:`score` (e.g. held-out chi^2 in
-        ``GridSearchCV``).  Returns self."""
-        return self._set_ivar_request("score", ivar)
-
-    def get_metadata_routing(self):
-        """The metadata requests of this estimator, as a scikit-learn ``MetadataRequest``."""
-        from sklearn.utils.metadata_routing import MetadataRequest
-
-        request = MetadataRequest(owner=self)
-        requests = getattr(self, "_ivar_requests", {})
-        for method in ("fit", "transform", "score"):
-            getattr(request, method).add_request(param="ivar", alias=requests.get(method))
-        return request
-
-
-def _same(a, b):
-    try:
-        return bool(a == b) if not isinstance(a, np.ndarray) else False
-    except Exception:  # pragma: no cover - exotic parameter types
-        return a is b
-
-
 def _sigma(cov):
     """1-sigma errors from stacked covariance matrices (n, k, k)."""
     return np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
 
 
-class SpectralNMF(_ParamsMixin):
+class SpectralNMF(ParamsMixin):
     r"""Non-negative templates from noisy, weighted, masked, signed spectra.
 
     Finds coefficients :math:`C \ge 0` of shape (n_spectra, n_components) and
@@ -188,19 +49,11 @@ class SpectralNMF(_ParamsMixin):
         \chi^2(C, T) = \sum_{ij} \mathrm{ivar}_{ij}\,(X_{ij} - [C T]_{ij})^2 ,
 
     where ``X`` may be negative (noise), ``ivar == 0`` marks missing data and
-    ``P`` are the optional penalties.  Nothing is clipped: negative flux pulls
-    the fit down exactly as much as positive flux pulls it up.  With
-    :math:`s` the mean observed ``ivar`` (so strengths do not depend on flux
-    units) the penalties are, each invariant under rescaling a component
-    (:math:`C_{:k} \to a C_{:k}`, :math:`T_k \to T_k / a`):
-
-    .. math::
-
-        P = \lambda_\mathrm{smooth}\, s \sum_k \|C_{:k}\|^2 \|D T_k\|^2
-          + \lambda_\mathrm{sparse} \sqrt{s} \sum_{ik} C_{ik} \textstyle\sum_j T_{kj}
-          + \lambda_\mathrm{spatial}\, s \sum_k \|T_k\|^2 \sum_{a \sim b} (C_{ak} - C_{bk})^2
-
-    (D: first differences along pixels; a ~ b: 4-connected neighbouring spaxels).
+    ``P`` are the optional penalties (``smoothness``, ``sparsity``,
+    ``spatial``; defined in :mod:`specnmf.penalties`), each invariant under
+    rescaling a component and measured in units of the mean observed ``ivar``,
+    so their strengths do not depend on flux units.  Nothing is clipped:
+    negative flux pulls the fit down exactly as much as positive flux pulls it up.
 
     Parameters
     ----------
@@ -249,7 +102,7 @@ class SpectralNMF(_ParamsMixin):
         minimal shift ``-min(X)`` over observed pixels; a larger value is
         allowed (the paper's Fig. 2 uses 2x and 5x), a smaller one is an error.
     smoothness, sparsity, spatial : float, default=0.0
-        Penalty strengths (see above), >= 0.  ``spatial`` needs
+        Penalty strengths (:mod:`specnmf.penalties`), >= 0.  ``spatial`` needs
         ``fit(..., spatial_shape=(ny, nx))`` and all spectra in memory.
     n_init : int, default=1
         Number of restarts from different random starts; the fit with the
@@ -324,10 +177,8 @@ class SpectralNMF(_ParamsMixin):
 
     Notes
     -----
-    An update ``F * num / den`` whose denominator is exactly 0 sets the entry
-    to 1e-6, as the published implementation does when it replaces the
-    NaN/inf of 0/0 (see :mod:`specnmf.solvers.multiplicative`); with that rule
-    the published doublet outputs are reproduced to ``numpy.allclose``.
+    A multiplicative update with a zero denominator sets the entry to 1e-6, as
+    the published code does (:mod:`specnmf.solvers.multiplicative`).
 
     References
     ----------
@@ -351,26 +202,26 @@ class SpectralNMF(_ParamsMixin):
     """
 
     _parameter_constraints = {
-        "n_components": _interval(Integral, 1),
-        "solver": _options(*SOLVERS),
-        "max_iter": _interval(Integral, 0),
-        "tol": _interval(Real, 0),
-        "init": _options(*INITS, "sequential"),
-        "random_state": _random_state,
-        "dtype": _dtype,
-        "verbose": _boolish,
-        "progress": _boolish,
-        "shift": _interval(Real, 0, allow_none=True),
-        "smoothness": _interval(Real, 0),
-        "sparsity": _interval(Real, 0),
-        "spatial": _interval(Real, 0),
-        "n_init": _interval(Integral, 1),
-        "patience": _interval(Integral, 1),
-        "block_size": _interval(Integral, 1, allow_none=True),
-        "backend": _options(*BACKENDS),
-        "checkpoint": _optional_path,
-        "checkpoint_every": _interval(Integral, 1),
-        "sequential_iter": _interval(Integral, 0),
+        "n_components": in_interval(Integral, 1),
+        "solver": one_of(*SOLVERS),
+        "max_iter": in_interval(Integral, 0),
+        "tol": in_interval(Real, 0),
+        "init": one_of(*INITS, "sequential"),
+        "random_state": random_state,
+        "dtype": dtype_name,
+        "verbose": boolish,
+        "progress": boolish,
+        "shift": in_interval(Real, 0, allow_none=True),
+        "smoothness": in_interval(Real, 0),
+        "sparsity": in_interval(Real, 0),
+        "spatial": in_interval(Real, 0),
+        "n_init": in_interval(Integral, 1),
+        "patience": in_interval(Integral, 1),
+        "block_size": in_interval(Integral, 1, allow_none=True),
+        "backend": one_of(*BACKENDS),
+        "checkpoint": path_or_none,
+        "checkpoint_every": in_interval(Integral, 1),
+        "sequential_iter": in_interval(Integral, 0),
     }
 
     def __init__(self, n_components, *, solver="nearly", max_iter=1000, tol=1e-6,
@@ -401,8 +252,7 @@ class SpectralNMF(_ParamsMixin):
 
     # -- validation ----------------------------------------------------------
     def _validate_params(self):
-        for name, check in self._parameter_constraints.items():
-            check(getattr(self, name), name)
+        super()._validate_params()
         if self.shift is not None and self.solver != "shift":
             raise ValueError(f"shift is only used by solver='shift'; got solver={self.solver!r} "
                              f"with shift={self.shift!r}")
@@ -437,40 +287,6 @@ class SpectralNMF(_ParamsMixin):
             raise ValueError(f"shift must be at least the minimal shift -min(X) = {y_min:.6g} "
                              f"so that X + shift >= 0; got {self.shift!r}")
         return float(self.shift)
-
-    def _initial(self, engine, summary, rng, dt, templates=None, coefficients=None):
-        """Start (C, T) as numpy arrays: given factors, or ``init`` for the missing ones."""
-        n, d = engine.n_spectra, engine.n_pixels
-        k = self.n_components
-        if templates is not None and coefficients is not None:
-            return coefficients, templates
-        if self.init == "nndsvd" or self.init == "nndsvda":
-            if not engine.in_memory:
-                raise ValueError(f"init={self.init!r} needs the spectra in memory; use "
-                                 "init='random' or 'sequential' for data streamed from disk")
-            X, ivar = engine._read(slice(0, n))
-            fill = self.init == "nndsvda"
-            if self.init == "nndsvd" and self.solver in MULTIPLICATIVE:
-                # multiplicative updates never move an exact zero: plain NNDSVD
-                # would freeze its zeros (Coelho demo: chi^2 2.9x the optimum)
-                logger.warning("init='nndsvd' with solver=%r: its exact zeros are filled "
-                               "with the data's mean level (as init='nndsvda')", self.solver)
-                fill = True
-            C0, T0 = nndsvd_init(X, ivar, k, rng, dt, fill_zeros=fill)
-        else:
-            C0, T0 = random_init((n, d), k, rng, dt, scale=summary.data_scale)
-        if templates is None and coefficients is None:
-            return C0, T0
-        if not engine.in_memory:
-            return (C0 if coefficients is None else coefficients,
-                    T0 if templates is None else templates)
-        # one factor given: rescale the initialised other one to the data
-        X, ivar = engine._read(slice(0, n))
-        if templates is None:
-            templates = _rescale(T0.T, X.T, ivar.T, coefficients.T).T
-        else:
-            coefficients = _rescale(C0, X, ivar, templates)
-        return coefficients, templates
 
     def fit(self, X, y=None, *, ivar=None, templates=None, coefficients=None, wavelength=None,
             spatial_shape=None, resume=False, callback=None):
@@ -526,11 +342,7 @@ class SpectralNMF(_ParamsMixin):
         n, d = engine.n_spectra, engine.n_pixels
         V.check_n_components(self.n_components, n, d)
         k = self.n_components
-        if wavelength is not None:
-            wavelength = np.asarray(wavelength, dtype=np.float64)
-            if wavelength.shape != (d,):
-                raise ValueError(f"wavelength must have shape ({d},) (one per pixel); "
-                                 f"got {wavelength.shape}")
+        wavelength = V.check_wavelength(wavelength, d)
         if spatial_shape is not None:
             spatial_shape = _check_spatial_shape(spatial_shape, n)
         if templates is not None:
@@ -574,10 +386,22 @@ class SpectralNMF(_ParamsMixin):
                            patience=self.patience, penalties=penalties, xp=xp,
                            verbose=self.verbose, callback=callback, **kw)
 
-        resumed = self._resume_state(n, d) if resume else None
+        save = resumed = None
+        if self.checkpoint is not None or resume:
+            # imported here: its hashing and zip modules would slow down `import specnmf`
+            from .checkpoint import checkpointer, fingerprint, resume_state
+
+            # the settings that change the iterates identify a checkpoint
+            fp = None if self.checkpoint is None else fingerprint(n, d, {
+                key: value for key, value in self.get_params().items()
+                if key not in ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
+                               "checkpoint_every", "block_size")})
+            save = checkpointer(self.checkpoint, self.checkpoint_every, fp)
+            resumed = resume_state(self.checkpoint, fp, f"{n} spectra x {d} pixels, "
+                                   f"{self.get_params()}") if resume else None
         if resumed is not None:
             result = solve(resumed["C"], resumed["T"], self.max_iter, self.tol,
-                           callback=callback, checkpoint=self._checkpointer(n, d),
+                           callback=callback, checkpoint=save,
                            start_iter=resumed["iteration"], history=resumed["history"],
                            solver_state=resumed["state"])
         else:
@@ -585,127 +409,44 @@ class SpectralNMF(_ParamsMixin):
             best = None
             for _ in range(self.n_init):
                 if self.init == "sequential" and (templates is None or coefficients is None):
-                    C, T, stopped = self._sequential_start(engine, summary, rng, dt, solve)
+                    C, T, stopped = sequential_start(
+                        lambda C, T: solve(C, T, self.sequential_iter, 0.0), (n, d), k, rng, dt,
+                        data_scale=summary.data_scale)
                     if stopped is not None:
                         best = stopped
                         break
                 else:
-                    C, T = self._initial(engine, summary, rng, dt, templates, coefficients)
-                result = solve(C, T, self.max_iter, self.tol, callback=callback,
-                               checkpoint=self._checkpointer(n, d))
+                    C, T = initial_factors(
+                        self.init, (n, d), k, rng, dt, data_scale=summary.data_scale,
+                        read=(lambda: engine._read(slice(0, n))) if engine.in_memory else None,
+                        templates=templates, coefficients=coefficients,
+                        multiplicative_solver=self.solver if self.solver in MULTIPLICATIVE else None)
+                result = solve(C, T, self.max_iter, self.tol, callback=callback, checkpoint=save)
                 if best is None or result.objective[-1] < best.objective[-1]:
                     best = result
                 if result.interrupted:
                     break
             result = best
 
-        C, T = to_numpy(result.coefficients), to_numpy(result.templates)
-        C = np.array(C, dtype=dt, copy=True)
-        T = np.array(T, dtype=dt, copy=True)
+        C = np.array(to_numpy(result.coefficients), dtype=dt, copy=True)
+        T = np.array(to_numpy(result.templates), dtype=dt, copy=True)
         # entries no data constrain: defined as 0 (multiplicative solvers leave 1e-6 there)
         C[empty_spectra, :] = 0
         T[:, empty_pixels] = 0
-
-        self.templates_ = T
-        self.coefficients_ = C
+        self.templates_, self.coefficients_ = T, C
         self.history_ = {key: np.asarray(v, dtype=np.float64) for key, v in result.history.items()}
-        self.chi2_ = self.history_["chi2"]
-        self.objective_ = np.asarray(result.objective, dtype=np.float64)
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        self.stationarity_ = float(result.stationarity)
-        self.n_reseeds_ = int(result.n_reseeds)
+        self.chi2_, self.objective_ = self.history_["chi2"], np.asarray(result.objective, np.float64)
+        self.n_iter_, self.converged_ = result.n_iter, result.converged
+        self.stationarity_, self.n_reseeds_ = float(result.stationarity), int(result.n_reseeds)
         self.dead_components_ = np.asarray(result.dead, dtype=np.intp)
         self.interrupted_ = result.interrupted
-        self.shift_ = shift
-        self.ivar_scale_ = float(summary.ivar_scale)
-        self.n_features_in_ = d
-        self.wavelength_ = wavelength
-        self.wavelength_unit_, self.flux_unit_ = units
+        self.shift_, self.ivar_scale_, self.n_features_in_ = shift, float(summary.ivar_scale), d
+        self.wavelength_, (self.wavelength_unit_, self.flux_unit_) = wavelength, units
         self.spatial_shape_ = spatial_shape
         if result.interrupted:
             logger.warning("fit interrupted by the user after %d iterations; the model holds "
                            "the last complete iterate (interrupted_=True)", result.n_iter)
         return self
-
-    def _sequential_start(self, engine, summary, rng, dt, solve):
-        """The paper's sequential build: add one flat template at a time, train all.
-
-        Returns ``(C, T, None)``, or ``(None, None, result)`` if interrupted.
-        """
-        n, d = engine.n_spectra, engine.n_pixels
-        scale = summary.data_scale
-        C = np.empty((n, 0), dtype=dt)
-        T = np.empty((0, d), dtype=dt)
-        for k in range(1, self.n_components + 1):
-            flat = np.full((1, d), np.sqrt(scale), dtype=dt)
-            new_coef = rng.uniform(0.0, 2.0, size=(n, 1)).astype(dt) * np.sqrt(scale) / k
-            C = np.concatenate([C, new_coef], axis=1)
-            T = np.concatenate([T, flat], axis=0)
-            result = solve(C, T, self.sequential_iter, 0.0)
-            if result.interrupted:
-                return None, None, result
-            C, T = to_numpy(result.coefficients), to_numpy(result.templates)
-        return C, T, None
-
-    # -- checkpoints --------------------------------------------------------------
-    def _fingerprint(self, n, d):
-        from .checkpoint import fingerprint
-
-        params = {key: value for key, value in self.get_params().items()
-                  if key not in ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
-                                 "checkpoint_every", "block_size")}
-        return fingerprint(n, d, params)
-
-    def _checkpointer(self, n, d):
-        if self.checkpoint is None:
-            return None
-        from .checkpoint import save_checkpoint
-
-        path, every, fp = self.checkpoint, self.checkpoint_every, self._fingerprint(n, d)
-
-        def write(it, C, T, history, state):
-            if it % every:
-                return
-            arrays = {"C": to_numpy(C), "T": to_numpy(T)}
-            arrays.update({f"history_{key}": np.asarray(v, dtype=np.float64)
-                           for key, v in history.items()})
-            scalars = {}
-            for key, value in state.items():
-                if value is None:
-                    continue
-                if np.isscalar(value):
-                    scalars[key] = float(value)
-                else:
-                    arrays[f"state_{key}"] = to_numpy(value)
-            save_checkpoint(path, arrays, {"iteration": it, "fingerprint": fp,
-                                           "history_keys": list(history), "scalars": scalars})
-        return write
-
-    def _resume_state(self, n, d):
-        import os
-
-        if self.checkpoint is None:
-            raise ValueError("resume=True needs the checkpoint parameter (a path)")
-        if not os.path.exists(self.checkpoint):
-            logger.info("no checkpoint at %s; starting a new fit", self.checkpoint)
-            return None
-        from .checkpoint import load_checkpoint
-
-        arrays, meta = load_checkpoint(self.checkpoint)
-        fp = self._fingerprint(n, d)
-        if meta.get("fingerprint") != fp:
-            raise ValueError(
-                f"checkpoint {self.checkpoint} was written for other data or settings "
-                f"(its shape/parameters do not match these: {n} spectra x {d} pixels, "
-                f"{self.get_params()}); delete it or fit with resume=False")
-        history = {key: list(arrays[f"history_{key}"]) for key in meta["history_keys"]}
-        state = dict(meta.get("scalars", {}))
-        state.update({key[len("state_"):]: value for key, value in arrays.items()
-                      if key.startswith("state_")})
-        logger.info("resuming from %s at iteration %d", self.checkpoint, meta["iteration"])
-        return {"C": arrays["C"], "T": arrays["T"], "iteration": int(meta["iteration"]),
-                "history": history, "state": state}
 
     # -- using a fitted model ----------------------------------------------------------
     def fit_transform(self, X, y=None, *, ivar=None, **fit_params):
@@ -914,33 +655,9 @@ class SpectralNMF(_ParamsMixin):
 
     def summary(self) -> str:
         """A readable account of the settings and, if fitted, the fit."""
-        lines = [repr(self)]
-        if hasattr(self, "templates_"):
-            k, d = self.templates_.shape
-            lines.append(f"  templates: {k} x {d} pixels"
-                         + ("" if getattr(self, "wavelength_", None) is None else
-                            f", wavelength {self.wavelength_[0]:.6g}..{self.wavelength_[-1]:.6g}"))
-            if getattr(self, "chi2_", None) is not None and len(self.chi2_):
-                n = self.coefficients_.shape[0]
-                lines.append(f"  trained on {n} spectra; {self.n_iter_} iterations, "
-                             f"{'converged' if self.converged_ else 'not converged'}"
-                             + (", interrupted" if getattr(self, "interrupted_", False) else ""))
-                lines.append(f"  chi2: {self.chi2_[0]:.6g} -> {self.chi2_[-1]:.6g}")
-                stat = getattr(self, "stationarity_", None)
-                if stat is not None and np.isfinite(stat):
-                    lines.append(f"  stationarity (KKT residual): {stat:.3g}")
-                if getattr(self, "n_reseeds_", 0):
-                    lines.append(f"  dead components re-seeded: {self.n_reseeds_} time(s)")
-                dead = getattr(self, "dead_components_", ())
-                if len(dead):
-                    lines.append(f"  WARNING: component(s) {list(map(int, dead))} carry no signal "
-                                 "(zero template or coefficients)")
-                for key, values in getattr(self, "history_", {}).items():
-                    if key != "chi2":
-                        lines.append(f"  {key} penalty: {values[-1]:.6g}")
-        else:
-            lines.append("  (not fitted)")
-        return "\n".join(lines)
+        from .io import model_report
+
+        return model_report(self)
 
     def templates_spectrum(self, *, wavelength_unit=None, flux_unit=None):
         """The templates as one specutils ``Spectrum`` of shape (n_components, n_pixels).
@@ -972,44 +689,13 @@ class SpectralNMF(_ParamsMixin):
         T = V.check_factor(templates, "templates", dtype=V.check_dtype(params.get("dtype", "float64")))
         model = cls(T.shape[0], **params)
         model._validate_params()
-        if wavelength is not None:
-            wavelength = np.asarray(wavelength, dtype=np.float64)
-            if wavelength.shape != (T.shape[1],):
-                raise ValueError(f"wavelength must have shape ({T.shape[1]},); got {wavelength.shape}")
+        wavelength = V.check_wavelength(wavelength, T.shape[1])
         model.templates_ = T
         model.coefficients_ = np.zeros((0, T.shape[0]), dtype=T.dtype)
-        model.chi2_ = np.zeros(0)
-        model.objective_ = np.zeros(0)
+        model.chi2_, model.objective_ = np.zeros(0), np.zeros(0)
         model.history_ = {"chi2": model.chi2_}
-        model.n_iter_ = 0
-        model.converged_ = False
-        model.interrupted_ = False
-        model.shift_ = 0.0
-        model.ivar_scale_ = 1.0
-        model.n_features_in_ = T.shape[1]
-        model.wavelength_ = wavelength
-        model.wavelength_unit_, model.flux_unit_ = units
+        model.n_iter_, model.converged_, model.interrupted_ = 0, False, False
+        model.shift_, model.ivar_scale_, model.n_features_in_ = 0.0, 1.0, T.shape[1]
+        model.wavelength_, (model.wavelength_unit_, model.flux_unit_) = wavelength, units
         model.spatial_shape_ = None
         return model
-
-
-def _check_spatial_shape(shape, n):
-    try:
-        ny, nx = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"spatial_shape must be a pair (ny, nx); got {shape!r}") from None
-    if ny < 1 or nx < 1 or ny * nx != n:
-        raise ValueError(f"spatial_shape {tuple(shape)} must have ny * nx equal to the number of "
-                         f"spectra ({n})")
-    return (ny, nx)
-
-
-def _rescale(C0, X, ivar, T):
-    """Scale each row of ``C0`` so that ``C0 @ T`` best fits ``X`` (weighted, >= 0)."""
-    M = C0 @ T
-    num = np.sum(ivar * X * M, axis=1)
-    den = np.sum(ivar * M * M, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)
-    scale = np.where(scale > 0, scale, 1.0)
-    return C0 * scale[:, None]

@@ -37,6 +37,8 @@ attributes); :func:`load_model` rebuilds it through the constructor,
 ``type(model)(**params)``, and restores the fitted attributes, so
 ``transform`` of the loaded model equals that of the original exactly.
 Nothing is pickled: loading a file never runs code from it.
+:func:`model_summary` (a dict, for ``specnmf info``) and :func:`model_report`
+(text, the estimator's ``summary()``) describe a model.
 
 FITS model layout: primary header with ``SNMFFMT`` (format version),
 ``SNMFVER`` (specnmf version), ``SNMFCLS`` (class) and a few readable cards
@@ -1057,3 +1059,34 @@ def model_summary(model) -> dict:
     if chi is not None and np.size(chi):
         out["chi2_start"], out["chi2_end"] = float(chi[0]), float(chi[-1])
     return out
+
+
+def model_report(model) -> str:
+    """A readable account of an estimator's settings and, if fitted, its fit (its ``summary()``)."""
+    lines = [repr(model)]
+    if hasattr(model, "templates_"):
+        k, d = model.templates_.shape
+        lines.append(f"  templates: {k} x {d} pixels"
+                     + ("" if getattr(model, "wavelength_", None) is None else
+                        f", wavelength {model.wavelength_[0]:.6g}..{model.wavelength_[-1]:.6g}"))
+        if getattr(model, "chi2_", None) is not None and len(model.chi2_):
+            n = model.coefficients_.shape[0]
+            lines.append(f"  trained on {n} spectra; {model.n_iter_} iterations, "
+                         f"{'converged' if model.converged_ else 'not converged'}"
+                         + (", interrupted" if getattr(model, "interrupted_", False) else ""))
+            lines.append(f"  chi2: {model.chi2_[0]:.6g} -> {model.chi2_[-1]:.6g}")
+            stat = getattr(model, "stationarity_", None)
+            if stat is not None and np.isfinite(stat):
+                lines.append(f"  stationarity (KKT residual): {stat:.3g}")
+            if getattr(model, "n_reseeds_", 0):
+                lines.append(f"  dead components re-seeded: {model.n_reseeds_} time(s)")
+            dead = getattr(model, "dead_components_", ())
+            if len(dead):
+                lines.append(f"  WARNING: component(s) {list(map(int, dead))} carry no signal "
+                             "(zero template or coefficients)")
+            for key, values in getattr(model, "history_", {}).items():
+                if key != "chi2":
+                    lines.append(f"  {key} penalty: {values[-1]:.6g}")
+    else:
+        lines.append("  (not fitted)")
+    return "\n".join(lines)
