@@ -151,7 +151,7 @@ class _Multiplicative:
         return X
 
     def block_chi2(self, block, C, T):
-        """chi^2 of the *unshifted* data of one block at (C, T), accumulated in float64."""
+        """chi^2 of the *unshifted* data of one block at (C, T) (see :mod:`specnmf.objective`)."""
         return self._form(T.shape[0]).chi2(block, C, T, self.shift)
 
     def block_step(self, block, C, T, *, rows=slice(None), C_all=None):
