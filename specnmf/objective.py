@@ -35,6 +35,28 @@ and eq. (19), the template update,
 
 where ``[A]^+ = max(A, 0)`` and ``[A]^- = max(-A, 0)``.  Shift-NMF (eqs. 7-8)
 replaces ``X`` by ``X + y`` and ``C T`` by ``C T + y`` for a scalar shift y.
+
+Accumulation
+------------
+Every chi^2 of specnmf (the public functions below, the value each solver
+reports per iteration, the compiled kernels' fused value) follows one rule,
+for float32 and float64 alike: the terms ``ivar * r^2`` of a spectrum are
+formed and summed in the working precision (numpy's pairwise summation; the
+kernels use several vectorised partial sums), the spectra's sums in float64.
+All terms are >= 0, so nothing cancels: a spectrum's sum carries ~1e-7
+relative rounding in float32 (~1e-16 in float64), no more than the residual
+``r`` itself, and the total over many spectra loses nothing further.  A
+float64 accumulator inside each spectrum would halve the float32 vector width
+of the kernels and slow the numpy path, for no accuracy the residual has.
+The compiled kernels (:func:`specnmf._kernels.mu_pass`) accelerate
+:func:`block_chi2`: they form the model with fused multiply-adds in another
+order and sum in other partial sums, so they agree with it to a few units of
+the working precision, relative (measured: <1e-15 in float64, <1e-8 in
+float32; ``specnmf/tests/test_compute.py`` holds them to 50 units).
+
+The value from the Grams (:func:`chi2_from_grams`) is the same quadratic
+expanded, ``sum ivar x^2 - 2 c.a + c^T G c``: free where the Grams exist, and
+used only in float64, where its cancellation costs ~1e-16 of ``sum ivar x^2``.
 """
 
 from __future__ import annotations
@@ -54,18 +76,52 @@ def _rows_per_block(n_pixels: int) -> int:
     return max(1, _BLOCK_ELEMENTS // max(1, n_pixels))
 
 
-def _chi2_rows(X, ivar, coefficients, templates, xp):
-    """Per-spectrum chi^2 of validated arrays (finite X, ivar >= 0).
+def chi2_terms(resid, ivar):
+    """The chi^2 term ``ivar * resid^2`` of every pixel, in the working precision."""
+    return ivar * resid * resid
 
-    Sums in float64 whatever the input precision.
+
+def spectrum_chi2(resid, ivar, xp):
+    """chi^2 of each spectrum of a block from its residual ``X - C T``, of shape (rows,).
+
+    The terms are summed in the working precision, the result is float64
+    (see the module's accumulation rule).
     """
+    return xp.astype(xp.sum(chi2_terms(resid, ivar), axis=1), xp.float64, copy=False)
+
+
+def residual_chi2(resid, ivar, xp):
+    """chi^2 of a block from its residual ``X - C T``, as a Python float (spectra summed in float64)."""
+    return float(xp.sum(spectrum_chi2(resid, ivar, xp)))
+
+
+def block_chi2(X, ivar, C, T, xp):
+    """chi^2 of one block at (C, T), as a Python float; see :func:`residual_chi2`."""
+    return residual_chi2(X - C @ T, ivar, xp)
+
+
+def chi2_from_grams(vx2, a, Gp, C, xp):
+    """chi^2 of a block from its Grams, as a Python float.
+
+    ``sum_i vx2_i - 2 c_i . a_i + c_i^T G_i c_i`` with ``vx2`` the per-spectrum
+    ``sum ivar*X^2``, ``a = (ivar*X) T^T`` and ``Gp`` the packed Grams
+    (:func:`specnmf.solvers.gram.row_grams`): free once the Grams exist.  For
+    float64 only: its cancellation costs ~1e-16 of ``sum ivar*X^2``, ~1e-7 in
+    float32, where callers use :func:`block_chi2` instead.
+    """
+    from .solvers.gram import quad_form
+
+    return float(xp.sum(vx2) - 2 * xp.sum(C * a) + xp.sum(quad_form(Gp, C, xp)))
+
+
+def _chi2_rows(X, ivar, coefficients, templates, xp):
+    """Per-spectrum chi^2 (float64) of validated arrays (finite X, ivar >= 0)."""
     n = X.shape[0]
     step = _rows_per_block(X.shape[1])
     out = []
     for start in range(0, n, step):
         sl = slice(start, min(n, start + step))
-        resid = X[sl, ...] - coefficients[sl, ...] @ templates
-        out.append(xp.sum(ivar[sl, ...] * resid * resid, axis=1, dtype=xp.float64))
+        out.append(spectrum_chi2(X[sl, ...] - coefficients[sl, ...] @ templates, ivar[sl, ...], xp))
     if len(out) == 1:
         return out[0]
     return xp.concat(out)
@@ -109,7 +165,8 @@ def chi2(X, coefficients, templates, *, ivar=None):
     Returns
     -------
     float
-        The chi^2, accumulated in float64.
+        The chi^2: each spectrum's terms summed in the data's precision, the
+        spectra in float64 (see the module's accumulation rule).
 
     Examples
     --------

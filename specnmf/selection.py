@@ -44,7 +44,7 @@ import numpy as np
 
 from . import _validation as V
 from .init import check_random_state
-from .objective import _chi2
+from .objective import _chi2, chi2_terms
 
 logger = logging.getLogger("specnmf")
 
@@ -124,8 +124,7 @@ def _check_candidates(candidates, n, d):
 
 def _chi2_terms(X, ivar, C, T):
     """Per-entry chi^2 contributions of the entries with ``ivar > 0`` (flattened)."""
-    resid = X - C @ T
-    return (ivar * resid * resid)[ivar > 0]
+    return chi2_terms(X - C @ T, ivar)[ivar > 0]
 
 
 def select_n_components(X, *, ivar=None, candidates=range(1, 9), holdout=0.1, random_state=None,

@@ -47,6 +47,7 @@ from functools import partial
 import numpy as np
 
 from ..backends import asarray, to_numpy
+from ..objective import spectrum_chi2
 from . import gram
 
 __all__ = ["DEAD_RTOL", "RESEEDS_PER_COMPONENT", "dead_components", "reseed", "stationarity"]
@@ -79,8 +80,8 @@ def _positive_part(r, ivar, xp):
 def _scores_block(solver, T, rows, block, C_rows):
     xp = solver.xp
     r, _ = _residual(solver, T, block, C_rows)
-    pos = _positive_part(r, block.ivar, xp)
-    score = xp.sum(xp.astype(block.ivar * pos * pos, xp.float64), axis=1)
+    # the chi^2 of each spectrum's positive residual
+    score = spectrum_chi2(_positive_part(r, block.ivar, xp), block.ivar, xp)
     return xp.reshape(score, (-1, 1)), (0.0,)
 
 

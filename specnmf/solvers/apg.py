@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+from . import gram
 from .anls import _Alternating
 
 __all__ = ["APG"]
@@ -97,10 +98,10 @@ class APG(_Alternating):
         w = xp.where(live, w, xp.zeros_like(w))
 
         def objective(x):
-            return xp.sum(x * _matvec(G, x, xp), axis=1) - 2 * xp.sum(b * x, axis=1)
+            return xp.sum(x * gram.gram_matvec(G, x, xp), axis=1) - 2 * xp.sum(b * x, axis=1)
 
         def step(x):
-            return xp.clip(x - 2 * (_matvec(G, x, xp) - b) / safe_L[:, None], min=0)
+            return xp.clip(x - 2 * (gram.gram_matvec(G, x, xp) - b) / safe_L[:, None], min=0)
 
         F_hat = F + w[:, None] * (F - F_prev)
         F_try = step(F_hat)
@@ -110,7 +111,3 @@ class APG(_Alternating):
         # a block without curvature (no data, no penalty) has nothing to fit
         F_new = xp.where(live[:, None], F_new, F)
         return F_new, L
-
-
-def _matvec(G, x, xp):
-    return xp.sum(G * x[:, None, :], axis=-1)

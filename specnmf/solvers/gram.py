@@ -24,6 +24,8 @@ from functools import lru_cache
 import numpy as np
 
 from ..backends import index_like
+# chi^2 is computed in specnmf.objective; the alternating solvers reach it from here
+from ..objective import block_chi2, chi2_from_grams  # noqa: F401
 
 __all__ = ["pairs", "unpack", "row_grams", "pixel_grams", "quad_form", "gram_matvec"]
 
@@ -140,27 +142,6 @@ def quad_form(G_packed, F, xp):
     w = np.where(ku == lu, 1.0, 2.0)
     prod = products(F, xp, axis=F.ndim - 1)
     return xp.sum(G_packed * prod * xp.asarray(w, dtype=G_packed.dtype), axis=-1)
-
-
-def block_chi2(X, ivar, C, T, xp):
-    """chi^2 of one block at (C, T) from its residual, accumulated in float64.
-
-    Each spectrum's terms are summed in the working precision (pairwise
-    summation: ~1e-7 relative in float32, no cancellation since all terms are
-    >= 0), the spectra in float64.
-    """
-    resid = X - C @ T
-    return float(xp.sum(xp.astype(xp.sum(ivar * resid * resid, axis=1), xp.float64)))
-
-
-def chi2_from_grams(vx2, a, Gp, C, xp):
-    """chi^2 of a block from ``sum ivar*X^2`` per spectrum, ``a = (ivar*X) T^T`` and the packed Grams.
-
-    ``sum_i vx2_i - 2 c_i . a_i + c_i^T G_i c_i``: free once the Grams exist.
-    Callers use it only in float64, where the cancellation costs ~1e-16 of
-    ``sum ivar*X^2`` (float32 callers recompute from the residual).
-    """
-    return float(xp.sum(vx2) - 2 * xp.sum(C * a) + xp.sum(quad_form(Gp, C, xp)))
 
 
 def add_diagonal(G_full, diag, xp):

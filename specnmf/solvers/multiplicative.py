@@ -26,24 +26,13 @@ of a fit.
 
 from __future__ import annotations
 
-from collections import namedtuple
-
-from .. import _kernels
-from ..backends import is_numpy_namespace
-from . import gram
+from . import forms
+from .forms import Block
 
 __all__ = ["NearlyNMF", "ShiftNMF", "ClipNMF", "ZERO_DIVISION", "Block", "minimal_shift"]
 
 #: Value given to an entry whose update has a zero denominator (published code: 1e-6).
 ZERO_DIVISION = 1e-6
-
-#: the equivalent forms of the update rules (see ``_Multiplicative``)
-FORMS = ("auto", "gram", "dense", "fused")
-
-#: One block of rows: flux, inverse variance, solver-specific precomputed data,
-#: and the pixels ``cols`` the block's arrays cover (an engine may crop a block
-#: to the span of pixels its spectra observe; outside it every ivar is 0).
-Block = namedtuple("Block", ["X", "ivar", "aux", "cols"], defaults=(slice(None),))
 
 
 def _pos(a, xp):
@@ -85,18 +74,14 @@ def _add_penalty_split(num, den, splits):
 class _Multiplicative:
     """Shared plumbing of the three multiplicative solvers.
 
-    Two equivalent forms of the same update rules, chosen by the number of
-    components q (``form="auto"``): the *Gram* form computes the per-spectrum
-    and per-pixel Gram matrices with one BLAS-3 product each (see
-    :mod:`specnmf.solvers.gram`) and never forms an (n_spectra, n_pixels)
-    model; the *dense* form follows the paper (model ``C T``, then products
-    with it).  Gram work grows as q^2, dense work as q, so Gram wins for small
-    q (measured in ``benchmarks/``; the crossover on a 2-core x86 machine is
-    near q = 8).  Both read the data several times per iteration; the *fused*
-    form (:mod:`specnmf._kernels`, numba) computes the dense form's
-    quantities in one sweep over each spectrum's observed pixels, and is
-    what ``form="auto"`` picks on the CPU when numba is installed and
-    ``q <= _kernels.MAX_Q`` (10; measured: 2.5-3x faster than the Gram form).
+    The update rules are written once, here and in the subclasses'
+    ``_coef_num_den``; the block statistics they consume come from one of
+    three equivalent forms (:mod:`specnmf.solvers.forms`: Gram matrices,
+    the paper's dense model, or the fused compiled kernel), chosen by
+    :func:`specnmf.solvers.forms.select` from ``form`` and the number of
+    components q.  ``form="auto"`` picks the fused form on the CPU when
+    numba is installed and ``q <= _kernels.MAX_Q``, else Gram for small q and
+    dense above.
 
     ``n_components`` lets ``form="auto"`` decide before the first pass (the
     engine asks ``crops_blocks`` then); without it the fused form is used
@@ -106,50 +91,35 @@ class _Multiplicative:
     name = ""
     #: the solver only ever multiplies, so exact zeros in a start stay zero
     multiplicative = True
-    #: largest q for which ``form="auto"`` picks the Gram form
-    GRAM_MAX_Q = 8
 
     def __init__(self, xp, *, penalties=(), zero_division=ZERO_DIVISION, form="auto",
                  n_components=None):
         self.xp = xp
         self.penalties = tuple(penalties)
-        self._tprod = gram.TemplateProducts()
         self.zero_division = zero_division
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}; got {form!r}")
-        if form == "fused" and not (_kernels.available() and is_numpy_namespace(xp)):
-            raise ValueError("form='fused' needs numba and numpy arrays")
-        self.form = form
+        self.form = forms.check(form, xp)
         self.n_components = n_components
+        self._forms = {}
         # the fused kernel skips each spectrum's unobserved pixels itself
-        self.crops_blocks = (self._form(n_components) != "fused"
+        self.crops_blocks = (self._form(n_components).crops_blocks
                              and not any(getattr(p, "needs_all_coefficients", False)
                                          for p in self.penalties))
 
     def _form(self, q):
-        """The form used for q components (``form="auto"``: fused if the solver was
-        built for q components, else Gram for small q and dense above)."""
-        if self.form != "auto":
-            return self.form
-        if (q is not None and q == self.n_components and q <= _kernels.MAX_Q
-                and _kernels.available() and is_numpy_namespace(self.xp)):
-            return "fused"
-        return "gram" if q is not None and q <= self.GRAM_MAX_Q else "dense"
-
-    def _use_gram(self, q):
-        return self._form(q) == "gram"
+        """The form (:mod:`specnmf.solvers.forms`) for q components, chosen once per q."""
+        form = self._forms.get(q)
+        if form is None:
+            form = self._forms[q] = forms.select(self.form, q, self.n_components, self.xp)
+        return form
 
     def preferred_block_rows(self, n_pixels, n_components):
-        """Spectra per in-memory block.
+        """Spectra per in-memory block: what the form runs fastest on.
 
-        The Gram form makes no (rows, n_pixels) temporaries and its products
-        are most efficient on large blocks (the fused kernel makes none
-        either, and has per-call costs); the dense form makes several, and
-        is fastest when they stay in cache (measured: ~16 spectra of 5700
-        pixels beat both 64 and 2000 by 1.5-2.5x).
+        The Gram and fused forms make no (rows, n_pixels) temporaries and
+        prefer large blocks; the dense form makes several, and is fastest
+        when they stay in cache.
         """
-        elements = (1 << 17) if self._form(n_components) == "dense" else (1 << 23)
-        return max(8, elements // max(1, n_pixels))
+        return max(8, self._form(n_components).block_elements // max(1, n_pixels))
 
     def prepare_key(self):
         return (type(self).__name__, getattr(self, "shift", 0.0))
@@ -163,120 +133,42 @@ class _Multiplicative:
         return [p.templates_grad_split(C, T, self.xp) for p in self.penalties
                 if p.acts_on_templates]
 
+    # -- the update rules ---------------------------------------------------
+    def coefficient_update(self, C, a, model_term, splits):
+        """Eq. (18) (Nearly-NMF) or (7) (Shift-NMF) from ``a = (ivar*X') T^T`` and
+        ``model_term = (ivar*(C T + y)) T^T``, with the penalties' ``splits``."""
+        num, den = self._coef_num_den(a, model_term)
+        if splits:
+            num, den = _add_penalty_split(num, den, splits)
+        return multiplicative_update(C, num, den, self.xp, self.zero_division)
+
     # -- the protocol ------------------------------------------------------
     def prepare_block(self, X, ivar):
-        """Per-block constants: the (shifted) data, and the weighted flux and
-        per-spectrum sum ivar*X^2 (BLAS forms) or observed spans (fused form)."""
-        xp = self.xp
-        Xs = self._data(X)
-        if self._form(self.n_components) == "fused":
-            import numpy as np
-
-            Xs = np.ascontiguousarray(Xs)
-            return Block(Xs, np.ascontiguousarray(ivar, dtype=Xs.dtype), _kernels.spans(ivar))
-        vx = ivar * Xs
-        vx2 = xp.sum(ivar * X * X, axis=1, dtype=xp.float64)
-        return Block(Xs, ivar, (vx, vx2))
+        """Per-block constants of the form: the (shifted) data and what the form reads with it."""
+        return self._form(self.n_components).prepare(X, self._data(X), ivar)
 
     def _data(self, X):
         return X
 
     def block_chi2(self, block, C, T):
-        """chi^2 of the *unshifted* data of one block at (C, T), accumulated in float64."""
-        xp = self.xp
-        if self._form(T.shape[0]) == "fused":
-            # a full pass of the kernel costs less than the residual in numpy
-            lo, hi = block.aux
-            return _kernels.mu_pass(block.ivar, block.X, lo, hi, C, T[:, block.cols],
-                                    shift=self.shift, nearly=True)[1]
-        X = block.X - self.shift if self.shift else block.X
-        return gram.block_chi2(X, block.ivar, C, T[:, block.cols], xp)
+        """chi^2 of the *unshifted* data of one block at (C, T) (see :mod:`specnmf.objective`)."""
+        return self._form(T.shape[0]).chi2(block, C, T, self.shift)
 
     def block_step(self, block, C, T, *, rows=slice(None), C_all=None):
         """New coefficients of one block, its template statistics, and chi^2 at (C, T).
 
         Returns ``(C_new, (chi2, *template_stats))``.
         """
-        xp = self.xp
-        y = self.shift
-        q, d = T.shape
-        if self._form(q) == "fused":
-            return self._fused_step(block, C, T, rows, C_all)
-        vx, vx2 = block.aux[:2]
-        T_full = T
-        T, Tt, PT = gram.crop(T, self._tprod(T, xp), block.cols)   # the block's pixels
-        a = vx @ Tt                                  # (ivar*X') T^T
-        if self._use_gram(q):
-            Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
-            if y:
-                vt = block.ivar @ Tt
-                a_data = a - y * vt                  # (ivar*X) T^T of the unshifted data
-            else:
-                a_data = a
-            if C.dtype == xp.float64:
-                chi = gram.chi2_from_grams(vx2, a_data, Gp, C, xp)
-            else:
-                # float32 sums of products cancel badly; recompute from the residual
-                chi = self.block_chi2(block, C, T_full)
-            model_term = gram.gram_matvec(gram.unpack(Gp, q, xp), C, xp)
-            if y:
-                model_term = model_term + y * vt
-        else:
-            M = C @ T
-            resid = (block.X - y - M) if y else (block.X - M)
-            chi = float(xp.sum(block.ivar * resid * resid, dtype=xp.float64))
-            model_term = (block.ivar * (M + y if y else M)) @ Tt
-        num, den = self._coef_num_den(a, model_term)
-        if self.penalties:
-            num, den = _add_penalty_split(num, den, self._coef_splits(C, T_full, rows, C_all))
-        C_new = multiplicative_update(C, num, den, xp, self.zero_division)
-        stats = (gram.widen(s_, block.cols, d, xp) for s_ in self._template_stats(block, C_new, T))
-        return C_new, (chi, *stats)
-
-    def _fused_step(self, block, C, T, rows, C_all):
-        pen_num = pen_den = None
-        if self.penalties:
-            splits = self._coef_splits(C, T, rows, C_all)
-            pen_num = sum(0.5 * neg for _, neg in splits)
-            pen_den = sum(0.5 * pos for pos, _ in splits)
-        lo, hi = block.aux
-        C_new, chi, A, D = _kernels.mu_pass(
-            block.ivar, block.X, lo, hi, C, T[:, block.cols], shift=self.shift,
-            nearly=self.name == "nearly", pen_num=pen_num, pen_den=pen_den,
-            zero_division=self.zero_division)
-        d = T.shape[1]
-        return C_new, (chi, gram.widen(A, block.cols, d, self.xp), gram.widen(D, block.cols, d, self.xp))
-
-    def _template_stats(self, block, C, T):
-        xp = self.xp
-        vx = block.aux[0]
-        A = xp.astype(xp.matrix_transpose(C) @ vx, xp.float64)
-        if self._use_gram(T.shape[0]):
-            Gpix = xp.astype(gram.pixel_grams(block.ivar, C, xp), xp.float64)
-            if self.shift:
-                return A, Gpix, xp.astype(xp.matrix_transpose(C) @ block.ivar, xp.float64)
-            return A, Gpix
-        M = C @ T
-        if self.shift:
-            M = M + self.shift
-        return A, xp.astype(xp.matrix_transpose(C) @ (block.ivar * M), xp.float64)
+        splits = self._coef_splits(C, T, rows, C_all) if self.penalties else ()
+        return self._form(T.shape[0]).block_step(block, C, T, self, splits)
 
     def templates_step(self, T, stats, C=None):
-        """Template update from summed block statistics (``C`` only for penalties)."""
-        xp = self.xp
-        q = T.shape[0]
-        A = xp.astype(stats[0], T.dtype)
-        if self._use_gram(q):
-            G = gram.unpack(stats[1], q, xp, axis=0)           # (q, q, d)
-            model_term = xp.astype(xp.sum(G * xp.astype(T, xp.float64)[None, :, :], axis=1), T.dtype)
-            if self.shift:
-                model_term = model_term + self.shift * xp.astype(stats[2], T.dtype)
-        else:
-            model_term = xp.astype(stats[1], T.dtype)
+        """Template update (eq. 19 or 8) from summed block statistics (``C`` only for penalties)."""
+        A, model_term = self._form(T.shape[0]).template_terms(stats, T, self.shift)
         num, den = self._coef_num_den(A, model_term)
         if self.penalties:
             num, den = _add_penalty_split(num, den, self._templ_splits(C, T))
-        return multiplicative_update(T, num, den, xp, self.zero_division)
+        return multiplicative_update(T, num, den, self.xp, self.zero_division)
 
     def state(self):
         """Iteration state beyond (C, T): none for multiplicative updates."""
@@ -296,6 +188,8 @@ class NearlyNMF(_Multiplicative):
 
     name = "nearly"
     shift = 0.0
+    #: the +/- split of the signed numerator (eq. 18), for the fused kernel
+    nearly = True
 
     def _coef_num_den(self, a, model_term):
         xp = self.xp
@@ -311,6 +205,7 @@ class ShiftNMF(_Multiplicative):
     """
 
     name = "shift"
+    nearly = False
 
     def __init__(self, xp, *, shift, penalties=(), zero_division=ZERO_DIVISION, form="auto",
                  n_components=None):
