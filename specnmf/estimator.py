@@ -25,7 +25,6 @@ from .init import INITS, check_random_state, initial_factors, sequential_start
 from .objective import _chi2
 from .progress import progress_callback
 from .solvers import MULTIPLICATIVE, SOLVERS, run
-from .solvers import gram
 
 logger = logging.getLogger("specnmf")
 
@@ -503,20 +502,23 @@ class SpectralNMF(ParamsMixin):
         (see :func:`specnmf.solvers.nnls.nnls_covariance`).  Singular F (a
         template with no weight in a spectrum) uses the pseudo-inverse.
         """
-        from .solvers.nnls import nnls_covariance, nnls_gram, weighted_nnls
+        from .solvers import coefficients
 
         self._check_fitted()
         X, ivar = interop.transform_inputs(self, X, ivar)
-        dt = self.templates_.dtype
-        fast = self._transform_fast(X, ivar, return_uncertainty, return_covariance)
-        if fast is not None:
-            return fast
-        engine = make_engine(X, ivar, block_size=self.block_size, dtype=dt)
+        T = self.templates_.astype(np.float64)
+        want_cov = return_uncertainty or return_covariance
+        # plain arrays go to the compiled kernel, which checks them as it reads them
+        res = (None if self.smoothness > 0 or self.sparsity > 0 or self.spatial > 0
+               else coefficients.unchecked(X, ivar, T, return_covariance=want_cov))
+        if res is not None:
+            return self._transform_outputs(*res, return_uncertainty, return_covariance)
+        engine = make_engine(X, ivar, block_size=self.block_size, dtype=self.templates_.dtype)
         if engine.n_pixels != self.n_features_in_:
             raise ValueError(f"X has {engine.n_pixels} features, but {type(self).__name__} is "
                              f"expecting {self.n_features_in_} features as input (the pixels of "
                              f"the templates)")
-        n, k = engine.n_spectra, self.templates_.shape[0]
+        n = engine.n_spectra
         if spatial_shape is not None:
             spatial_shape = _check_spatial_shape(spatial_shape, n)
         if self.spatial > 0 and spatial_shape is None:
@@ -524,87 +526,20 @@ class SpectralNMF(ParamsMixin):
                              "spectra to transform")
         penalties = [p for p in self._penalties(getattr(self, "ivar_scale_", 1.0), spatial_shape)
                      if p.acts_on_coefficients]
-        T = self.templates_
-        Tx = T.astype(np.float64)
-        C = np.zeros((n, k), dtype=np.float64)
-        sigma = np.zeros((n, k)) if return_uncertainty else None
-        cov = np.zeros((n, k, k)) if return_covariance else None
         coupled = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
         if coupled or type(engine) is InMemory:
             # weighted_nnls blocks its own work; one call avoids its fixed costs per block
             engine.block_rows = n
-        want_cov = sigma is not None or cov is not None
-        for rows, Xb, ib in engine.blocks():
-            Xb = Xb.astype(np.float64, copy=False)
-            ib = ib.astype(np.float64, copy=False)
-            if not penalties:
-                # exact weighted NNLS, with its safeguards for nearly dependent templates
-                res = weighted_nnls(Xb, ib, Tx, return_covariance=want_cov)
-                Cb, cb = res if want_cov else (res, None)
-            else:
-                G = gram.unpack(gram.row_grams(ib, Tx, np), k, np)
-                a = (ib * Xb) @ Tx.T
-                Cb = nnls_gram(G, a)
-                for _ in range(200):
-                    before = Cb
-                    Cb, Gq = self._penalised_rows(penalties, G, a, Cb, Tx, rows)
-                    change = np.max(np.abs(Cb - before)) if Cb.size else 0.0
-                    if not coupled or change <= 1e-10 * max(1e-300, float(np.max(np.abs(Cb)))):
-                        break
-                cb = nnls_covariance(Gq, Cb) if want_cov else None
-            C[rows] = Cb
-            if cov is not None:
-                cov[rows] = cb
-            if sigma is not None:
-                sigma[rows] = _sigma(cb)
-        return self._transform_outputs(C, sigma, cov)
+        res = coefficients.from_blocks(engine.blocks(), n, T, penalties=penalties,
+                                       return_covariance=want_cov)
+        return self._transform_outputs(*res, return_uncertainty, return_covariance)
 
-    def _transform_outputs(self, C, sigma, cov):
-        """``transform``'s return value in the model's dtype (sigma, cov: None if not asked)."""
+    def _transform_outputs(self, C, cov, return_uncertainty, return_covariance):
+        """``transform``'s return value in the model's dtype, from float64 coefficients and covariance."""
         dt = self.templates_.dtype
-        out = tuple(a.astype(dt, copy=False) for a in (C, sigma, cov) if a is not None)
+        out = (C, _sigma(cov) if return_uncertainty else None, cov if return_covariance else None)
+        out = tuple(a.astype(dt, copy=False) for a in out if a is not None)
         return out[0] if len(out) == 1 else out
-
-    def _transform_fast(self, X, ivar, return_uncertainty, return_covariance):
-        """transform of plain in-memory arrays by the compiled kernel, or None.
-
-        The kernel checks the data while it computes the Grams, so the data
-        are read once; when the check fails (or does not apply) the caller
-        validates them the usual way, which explains what is wrong.
-        """
-        from .solvers.nnls import UncheckedInputError, weighted_nnls
-
-        if (self.smoothness > 0 or self.sparsity > 0 or self.spatial > 0
-                or not isinstance(X, np.ndarray) or not isinstance(ivar, np.ndarray)
-                or X.ndim != 2 or X.shape != ivar.shape or X.shape[0] == 0
-                or X.shape[1] != self.n_features_in_):
-            return None
-        want_cov = return_uncertainty or return_covariance
-        try:
-            res = weighted_nnls(X, ivar, self.templates_.astype(np.float64),
-                                return_covariance=want_cov, checked=False, dtype=np.float64)
-        except UncheckedInputError:
-            return None
-        C, cov = res if want_cov else (res, None)
-        return self._transform_outputs(C, _sigma(cov) if return_uncertainty else None,
-                                       cov if return_covariance else None)
-
-    @staticmethod
-    def _penalised_rows(penalties, G, a, C, T, rows):
-        """One exact (red-black) sweep of the penalised per-spectrum NNLS."""
-        from .solvers.anls import ANLS
-        from .solvers.nnls import nnls_gram
-
-        solver = ANLS(np, penalties=penalties)
-        masks = solver._coef_colours(C.shape[0], C)
-        Gq = G
-        for mask in masks:
-            diag, lin = solver._coef_quadratic(C, T, slice(None) if mask is not None else rows, C)
-            Gq = G if diag is None else gram.add_diagonal(G, diag, np)
-            b = a if lin is None else a + lin
-            F = nnls_gram(Gq, b, x0=C)
-            C = F if mask is None else np.where(mask[:, None], F, C)
-        return C, Gq
 
     def inverse_transform(self, coefficients):
         """Model spectra ``coefficients @ templates_``, of shape (n_spectra, n_pixels)."""

@@ -28,7 +28,7 @@ template shifted by s pixels.  Every weighted Gram entry
 cross-correlation of the weights with a fixed product of templates, done by
 FFT in float64 (the two end pixels are added exactly).  All (spectrum,
 redshift) problems are solved with the package's batched exact NNLS
-(:func:`specnmf.solvers.nnls.nnls_gram_packed`).  Other grids fall back to
+(:func:`specnmf.solvers.nnls.nnls_gram` on packed Grams).  Other grids fall back to
 resampling at each redshift (the same numbers, slower).
 
 What is exact: ``chi2 = sum ivar x^2 - 2 c.b + c^T G c`` at every trial
@@ -73,7 +73,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_spectra
-from .solvers.nnls import nnls_gram_packed
+from .solvers import gram
+from .solvers.nnls import nnls_gram
 
 __all__ = [
     "RedshiftResult",
@@ -391,7 +392,7 @@ class _Scanner:
         self.w = wavelength
         self.edges = pixel_edges(wavelength)
         self.F = _cumulative(self.T, self.tw)
-        self.iu = np.triu_indices(self.q)
+        self.iu = gram.pairs(self.q)[:2]
         self.diag = np.flatnonzero(self.iu[0] == self.iu[1])
         self.n_repaired = 0
         self.n_fragile = 0
@@ -471,10 +472,7 @@ class _Scanner:
         for zz in np.unique(zb):
             sel = idx[zb == zz]
             A = _rebin(self.T, self.tw, self.F, self.edges, zz)
-            Wr = W[rows[sel]]
-            G = (Wr[:, None, :] * A[None]) @ A.T
-            Gp[sel] = G[:, self.iu[0], self.iu[1]]
-            b[sel] = (Wr * X[rows[sel]]) @ A.T
+            Gp[sel], b[sel] = gram.row_grams(W[rows[sel]], A, np, X=X[rows[sel]])
 
     def _ends(self, z):
         """Templates in the first and last pixel at redshifts z: (nz, q, 2)."""
@@ -522,8 +520,7 @@ class _Scanner:
         b = np.empty((nb, len(z), self.q))
         for m, zz in enumerate(z):
             A = _rebin(self.T, self.tw, self.F, self.edges, zz)
-            G = np.einsum("kj,ij,lj->ikl", A, W, A, optimize=True)
-            Gp[:, m] = G[:, self.iu[0], self.iu[1]]
+            Gp[:, m] = gram.row_grams(W, A, np)
             b[:, m] = WX @ A.T
         return Gp.reshape(-1, self.iu[0].size), b.reshape(-1, self.q)
 
@@ -538,19 +535,12 @@ class _Scanner:
         could be off by more than 1e-9 relative given the FFT's error bound
         are solved again with Grams computed directly.
         """
-        iu = self.iu
+        G = gram.unpack(Gp, self.q, np)
         if self.nnls:
-            c, fragile = nnls_gram_packed(Gp, b, return_fragile=True)
+            c, fragile = nnls_gram(Gp, b, packed=True, return_fragile=True)
         else:
-            G = np.zeros((Gp.shape[0], self.q, self.q))
-            G[:, iu[0], iu[1]] = Gp
-            G[:, iu[1], iu[0]] = Gp
             c, fragile = _lstsq_gram(G, b, return_fragile=True)
-        Gc = np.zeros_like(b)
-        for p, (k, l) in enumerate(zip(*iu)):
-            Gc[:, k] += Gp[:, p] * c[:, l]
-            if k != l:
-                Gc[:, l] += Gp[:, p] * c[:, k]
+        Gc = gram.gram_matvec(G, c, np)
         chi2 = S - 2 * np.einsum("mk,mk->m", c, b) + np.einsum("mk,mk->m", c, Gc)
         bad = np.flatnonzero(fragile)
         self.n_fragile += bad.size
@@ -590,8 +580,8 @@ class _Scanner:
             G = (A * wo) @ np.transpose(A, (0, 2, 1))
             b = A @ (wo * xo)
             if self.nnls:
-                c, fragile = nnls_gram_packed(G[:, self.iu[0], self.iu[1]], b,
-                                              return_fragile=True)
+                c, fragile = nnls_gram(G[:, self.iu[0], self.iu[1]], b, packed=True,
+                                       return_fragile=True)
             else:
                 c, fragile = _lstsq_gram(G, b, return_fragile=True)
             for m in np.flatnonzero(fragile):

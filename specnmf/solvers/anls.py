@@ -15,6 +15,8 @@ right-hand side.  A penalty that couples neighbouring entries (smoothness
 along pixels, spatial along spaxels) is handled colour by colour (red-black
 Gauss-Seidel): entries of one colour do not interact, so each colour's
 subproblems are still solved exactly and the objective still cannot increase.
+The coefficient half-step is one sweep of the coefficient solver
+(:func:`specnmf.solvers.coefficients.from_grams`), the one ``transform`` uses.
 
 :class:`_Alternating` is shared with the accelerated proximal-gradient solver
 (:mod:`specnmf.solvers.apg`), which takes one extrapolated projected-gradient
@@ -23,22 +25,10 @@ step on the same quadratics instead of solving them.
 
 from __future__ import annotations
 
-import numpy as np
-
-from . import gram
+from . import coefficients, gram
 from .multiplicative import Block
 
 __all__ = ["ANLS"]
-
-
-def _colour_masks(colours, n, xp, like):
-    """Boolean masks (namespace ``xp``) from a penalty's list of index arrays."""
-    masks = []
-    for idx in colours:
-        m = np.zeros(n, dtype=bool)
-        m[np.asarray(idx)] = True
-        masks.append(m if xp is np else xp.asarray(m, device=getattr(like, "device", None)))
-    return masks
 
 
 class _Alternating:
@@ -72,31 +62,14 @@ class _Alternating:
     def block_chi2(self, block, C, T):
         return gram.block_chi2(block.X, block.ivar, C, T[:, block.cols], self.xp)
 
-    # -- penalties as quadratic models ----------------------------------------
-    def _coef_colours(self, n_rows, like):
-        for p in self.penalties:
-            if p.acts_on_coefficients:
-                colours = p.coefficients_colors(n_rows)
-                if len(colours) > 1:
-                    return _colour_masks(colours, n_rows, self.xp, like)
-        return [None]
-
+    # -- template penalties as quadratic models (the coefficient ones: coefficients.py)
     def _templ_colours(self, n_pixels, like):
         for p in self.penalties:
             if p.acts_on_templates:
                 colours = p.templates_colors(n_pixels)
                 if len(colours) > 1:
-                    return _colour_masks(colours, n_pixels, self.xp, like)
+                    return coefficients.colour_masks(colours, n_pixels, self.xp, like)
         return [None]
-
-    def _coef_quadratic(self, C, T, rows, C_all):
-        diag = lin = None
-        for p in self.penalties:
-            if p.acts_on_coefficients:
-                d, l_ = p.coefficients_quadratic(C, T, self.xp, rows=rows, C_all=C_all)
-                diag = d if diag is None else diag + d
-                lin = l_ if lin is None else lin + l_
-        return diag, lin
 
     def _templ_quadratic(self, C, T):
         diag = lin = None
@@ -134,17 +107,18 @@ class _Alternating:
             chi = gram.chi2_from_grams(vx2, a, Gp, C, xp)
         else:
             chi = self.block_chi2(block, C, T_full)
-        G = gram.unpack(Gp, q, xp)
-        C_new = C
         info = None
-        for mask in self._coef_colours(C.shape[0], C):
-            # a colouring (spatial) penalty needs the current neighbours; it is
-            # only allowed with all spectra in one in-memory block
-            diag, lin = self._coef_quadratic(C_new, T_full, rows, C_all if mask is None else C_new)
-            Gq = G if diag is None else gram.add_diagonal(G, diag, xp)
-            b = a if lin is None else a + lin
-            F, info = self._solve(Gq, b, C_new, "coefficients", extra, info)
-            C_new = F if mask is None else xp.where(mask[:, None], F, C_new)
+
+        def solve(Gq, b, C_now):
+            nonlocal info
+            F, info = self._solve(Gq, b, C_now, "coefficients", extra, info)
+            return F
+
+        # a colouring (spatial) penalty needs the current neighbours; it is
+        # only allowed with all spectra in one in-memory block
+        C_new, _ = coefficients.from_grams(gram.unpack(Gp, q, xp), a, T_full, C,
+                                           penalties=self.penalties, xp=xp, rows=rows,
+                                           C_all=C_all, sweeps=1, solve=solve)
         A = xp.astype(xp.matrix_transpose(C_new) @ vx, xp.float64)
         Gpix = xp.astype(gram.pixel_grams(block.ivar, C_new, xp), xp.float64)
         return self._join_rows(C_new, info), (chi, gram.widen(A, block.cols, d, xp),
@@ -184,13 +158,4 @@ class ANLS(_Alternating):
     name = "anls"
 
     def _solve(self, G, b, F, which, extra, info):
-        from ..backends import asarray, is_numpy_namespace, to_numpy
-        from .nnls import nnls_gram
-
-        xp = self.xp
-        if is_numpy_namespace(xp):
-            return nnls_gram(G, b, x0=F), None
-        # the batched active-set NNLS runs on the host: only the small (m, q, q)
-        # systems travel, the data and their Grams stay on the device
-        x = nnls_gram(to_numpy(G), to_numpy(b), x0=to_numpy(F))
-        return asarray(x, xp, dtype=x.dtype, device=getattr(F, "device", None)), None
+        return coefficients.exact(G, b, F, self.xp), None

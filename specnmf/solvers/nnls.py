@@ -17,10 +17,16 @@ O(q^3) solve per spectrum, vectorised over all spectra at once.
   once, with Kim & Park's single-exchange backup rule against cycling, and a
   per-problem fallback to :func:`scipy.optimize.nnls` for the rare problems
   that do not meet the KKT conditions after ``max_iter`` pivoting steps.
-* :func:`weighted_nnls` builds the Grams of a block of spectra and solves them
-  (this is ``SpectralNMF.transform``).
-* :func:`spectrum_grams` returns the Grams themselves, and
-  :func:`nnls_covariance` the covariance of the coefficients from them.
+  Grams packed as their upper triangles are solved by the compiled
+  acceleration (Lawson & Hanson on the same unit-diagonal problems, with the
+  same KKT test) where numba is available; the problems it hands back go to
+  the pivoting.
+* :func:`weighted_nnls` solves the problems of weighted spectra from the data
+  (the coefficient solver of :mod:`specnmf.solvers.coefficients`, which
+  ``SpectralNMF.transform`` uses).
+* :func:`spectrum_grams` returns the Grams themselves
+  (:func:`specnmf.solvers.gram.row_grams`), and :func:`nnls_covariance` the
+  covariance of the coefficients from them.
 
 Numerical notes (what "exact" means here)
 -----------------------------------------
@@ -36,9 +42,15 @@ duplicate templates: the jitter then picks the minimum-norm split, which has
 the same objective); when the smallest pivot is below 1e-3, two steps of
 iterative refinement against the un-jittered ``G'_FF`` follow, so the jitter
 changes the objective by a relative ``(1e-14 / lambda)^6`` along an
-eigen-direction with eigenvalue ``lambda``.  A solution is accepted when, with
-``g = G' x - b'`` and ``tol = 1e-11 (max|b'| + q max|x|)``, ``x_F >= -tol``,
-``g_B >= -tol`` on the bound set, and ``|g_F| <= 1e3 tol`` on the free set;
+eigen-direction with eigenvalue ``lambda``.
+
+The KKT test (one definition, :func:`_kkt`; the compiled acceleration's
+``_kernels._kkt_ok`` evaluates the same operations in the same order and is
+tested to give the same verdict): with ``g = G' x - b'`` summed as
+``g_k = -b'_k + G'_k0 x_0 + G'_k1 x_1 + ...`` (in that order) and
+``tol = 1e-11 (max|b'| + q max|x|)``, a solution is accepted when
+``x_F >= -tol`` on the free set, ``g_B >= -tol`` on the bound set (components
+with ``G_kk > 0``), and ``|g_F| <= 1e3 tol`` on the free set;
 complementarity holds by construction (``x_B = 0``) and the tiny negative
 ``x_F`` allowed by the tolerance are set to 0.
 
@@ -47,10 +59,11 @@ dependent on the observed pixels (two templates equal to a relative 1e-6, say:
 ``cond(G') ~ 1e12``), the Gram no longer carries the digits that decide
 whether the pair should share the fit, and :func:`nnls_gram` can miss a
 chi^2 improvement of order 1e-5 relative that a QR-based solver on the data
-finds.  :func:`weighted_nnls`, which has the data, detects these spectra (a
-pivot of the unit-diagonal Gram below 1e-9) and solves them with
-:func:`scipy.optimize.nnls` on the weighted pixels, so its coefficients are
-exact for any templates (at the speed of scipy for such spectra).
+finds.  ``return_fragile=True`` reports these problems (a pivot of the
+unit-diagonal Gram below 1e-9); :func:`weighted_nnls`, which has the data,
+solves them with :func:`scipy.optimize.nnls` on the weighted pixels, so its
+coefficients are exact for any templates (at the speed of scipy for such
+spectra).
 Problems are only well posed when ``b`` lies in the range of ``G`` (always true
 when they come from least squares); otherwise the objective is unbounded below
 along a null direction of ``G``, and such
@@ -60,15 +73,13 @@ components are returned as 0.
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .. import _kernels
-from .gram import unpack as _gram_unpack
+from . import gram
 
-__all__ = ["nnls_gram", "nnls_gram_packed", "weighted_nnls", "spectrum_grams", "nnls_covariance"]
+__all__ = ["nnls_gram", "weighted_nnls", "spectrum_grams", "nnls_covariance"]
 
 logger = logging.getLogger("specnmf")
 
@@ -89,19 +100,16 @@ _FREE_GRAD_FACTOR = 1e3
 _FULL_EXCHANGES = 3
 # Elements of one (q, q, m) working array: bounds the memory per chunk of problems.
 _CHUNK_ELEMENTS = 1 << 21
-# Largest matrix product (multiply-adds) issued when forming Grams (see _tiles);
-# OpenBLAS runs a product on one thread below 2 * 2^18 multiply-adds.
-_GEMM_MAX_WORK = 7 << 16
-# weighted_nnls re-solves from the data (QR) the spectra whose Gram, scaled
-# to a unit diagonal, has a pivot below this (two templates that differ by a
-# relative ~3e-5 on the observed pixels, or closer): the normal equations then
-# carry too few correct digits for a chi^2 exact to 1e-8.
+# A problem whose Gram, scaled to a unit diagonal, has a pivot below this is
+# "fragile" (two templates that differ by a relative ~3e-5 on the observed
+# pixels, or closer): the normal equations then carry too few correct digits
+# for a chi^2 exact to 1e-8, and a caller with the data re-solves it by QR.
 _FRAGILE_PIVOT = 1e-9
-# Sub-blocks per threaded task, and the most threads used to form Grams.
-_SUBS_PER_TASK = 64
-_MAX_GRAM_THREADS = 4
-# Default number of spectra whose Grams are built and solved together.
-_DEFAULT_BLOCK_ELEMENTS = 1 << 21
+# The arguments that make the compiled acceleration (``_kernels._nnls_rows``,
+# ``_kernels.spectrum_grams(solve=True)``) solve this module's problems: it
+# hands back those with a pivot below the refinement threshold, which it lacks.
+KERNEL_PIVOTS = (_FRAGILE_PIVOT, _REFINE_BELOW)
+KERNEL_KKT = (_KKT_RTOL, _FREE_GRAD_FACTOR)
 
 
 # --------------------------------------------------------------------------
@@ -142,11 +150,6 @@ def _lu_solve(LU, r):
     return x
 
 
-def _matvec(G, x):
-    """``G @ x`` for stacks G of shape (q, q, m) and x of shape (q, m)."""
-    return np.einsum("klm,lm->km", G, x)
-
-
 def _masked_system(Gs, F):
     """``G'_FF`` padded with the identity outside the free set F, plus jitter on F."""
     M = np.where(F[:, None, :] & F[None, :, :], Gs, 0.0)
@@ -183,14 +186,21 @@ def _equilibrate(G, b, symmetrize=True):
 
 
 def _kkt(Gs, bs, x, F, live, bmax):
-    """Violation masks of the current iterate.
+    """The KKT test of the module notes: violation masks of the current iterate.
 
-    Returns ``(V, free_ok)``: V of shape (q, m) marks infeasible entries (free
-    and negative, or bound with a negative gradient); free_ok of shape (m,) is
-    False where the free-set gradient is more than a rounding residual.
+    ``Gs`` (q, q, m) and ``bs`` (q, m) are the unit-diagonal problems, ``F``
+    the free set, ``live`` the components with ``G_kk > 0`` and ``bmax`` of
+    shape (m,) is ``max|b'|``.  Returns ``(V, free_ok)``: V of shape (q, m)
+    marks infeasible entries (free and negative, or bound with a negative
+    gradient); free_ok of shape (m,) is False where the free-set gradient is
+    more than a rounding residual.  A problem is accepted where V is empty and
+    free_ok holds.  The gradient is summed in the order of the compiled
+    ``_kernels._kkt_ok``, so that the two give the same verdict bit for bit.
     """
     q = Gs.shape[0]
-    g = _matvec(Gs, x) - bs
+    g = -bs
+    for e in range(q):
+        g += Gs[:, e, :] * x[e]
     tol = _KKT_RTOL * (bmax + q * np.max(np.abs(x), axis=0))
     V = np.where(F, x < -tol, live & (g < -tol))
     free_ok = np.all(~F | (np.abs(g) <= _FREE_GRAD_FACTOR * tol), axis=0)
@@ -214,7 +224,8 @@ def _solve_free(Gs, bs, F):
         LUw, Gw = np.take(LU, weak, axis=2), np.take(Gs, weak, axis=2)
         bw, Fw, xw = bs[:, weak], F[:, weak], x[:, weak]
         for _ in range(_REFINE_STEPS):
-            xw += _lu_solve(LUw, np.where(Fw, bw - _matvec(Gw, xw), 0.0))
+            Gx = gram.gram_matvec(Gw.transpose(2, 0, 1), xw.T, np).T
+            xw += _lu_solve(LUw, np.where(Fw, bw - Gx, 0.0))
         x[:, weak] = xw
     return np.where(F, x, 0.0), min_pivot
 
@@ -371,7 +382,7 @@ def _default_max_iter(q):
     return max(50, 10 * q)
 
 
-def nnls_gram(G, b, *, x0=None, max_iter=None):
+def nnls_gram(G, b, *, x0=None, max_iter=None, packed=False, return_fragile=False):
     r"""Exact solutions of many small non-negative quadratic problems.
 
     For every problem m, minimise
@@ -388,7 +399,7 @@ def nnls_gram(G, b, *, x0=None, max_iter=None):
 
     Parameters
     ----------
-    G : array-like of shape (n_problems, q, q)
+    G : array-like of shape (n_problems, q, q), or (n_problems, q(q+1)/2) if ``packed``
         Symmetric positive semi-definite matrices (singular allowed: a zero
         row/column gives a zero coefficient).  A single (q, q) matrix with
         ``b`` of shape (q,) is accepted too.
@@ -400,11 +411,25 @@ def nnls_gram(G, b, *, x0=None, max_iter=None):
         start gives the same answer.  Default: every component free.
     max_iter : int, optional
         Pivoting steps before the fallback; default ``max(50, 10 q)``.
+    packed : bool, default False
+        ``G`` holds the upper triangles, row by row (the order of
+        ``numpy.triu_indices(q)``, :func:`specnmf.solvers.gram.pairs`).  Such
+        problems (made by the million by :mod:`specnmf.redshift`) are solved
+        by the compiled acceleration where numba is available (q <= 10): the
+        same unit-diagonal problems and KKT test, by Lawson & Hanson; those
+        with a pivot below 1e-3 or failing the test go to the pivoting.
+    return_fragile : bool, default False
+        Also return which problems' unit-diagonal Gram has a pivot below
+        1e-9: the normal equations then carry too few digits for an exact
+        chi^2, and a caller with the data should re-solve them from it (as
+        :func:`weighted_nnls` does).
 
     Returns
     -------
-    ndarray of shape (n_problems, q)
+    x : ndarray of shape (n_problems, q)
         The minimisers, float64, ``>= 0`` (shape (q,) for a single problem).
+    fragile : ndarray of bool, shape (n_problems,)
+        Only with ``return_fragile``.
 
     Examples
     --------
@@ -414,284 +439,77 @@ def nnls_gram(G, b, *, x0=None, max_iter=None):
     >>> nnls_gram(G, np.array([[3.0, -1.0]]))  # unconstrained optimum has x_1 < 0
     array([[1.5, 0. ]])
     """
+    if packed:
+        x, fragile = _nnls_packed(G, b, x0, max_iter)
+        return (x, fragile) if return_fragile else x
     G, b, x0, single = _check_gram_problems(G, b, x0)
-    if max_iter is None:
-        max_iter = _default_max_iter(G.shape[1])
-    elif isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer; got {max_iter!r}")
+    max_iter = _check_max_iter(max_iter, G.shape[1])
     m, q, _ = G.shape
     out = np.zeros((m, q))
+    fragile = np.zeros(m, dtype=bool)
     step = max(1, _CHUNK_ELEMENTS // (q * q))
     for start in range(0, m, step):
         sl = slice(start, min(m, start + step))
         Gc = np.ascontiguousarray(np.transpose(G[sl], (1, 2, 0)), dtype=np.float64)
         bc = np.ascontiguousarray(b[sl].T, dtype=np.float64)
         F0 = None if x0 is None else np.ascontiguousarray(x0[sl].T > 0)
-        out[sl] = _nnls_chunk(Gc, bc, F0, int(max_iter))[0].T
-    return out[0] if single else out
+        x, pivot = _nnls_chunk(Gc, bc, F0, max_iter)
+        out[sl] = x.T
+        fragile[sl] = pivot < _FRAGILE_PIVOT
+    if single:
+        out, fragile = out[0], fragile[0]
+    return (out, fragile) if return_fragile else out
 
 
-def nnls_gram_packed(G, b, *, return_fragile=False):
-    r""":func:`nnls_gram` for Grams packed as their upper triangles.
+def _check_max_iter(max_iter, q):
+    if max_iter is None:
+        return _default_max_iter(q)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer; got {max_iter!r}")
+    return int(max_iter)
 
-    The compiled route to the same problems (used by
-    :mod:`specnmf.redshift`, which makes millions of them): with numba, the
-    well-conditioned problems are solved by the kernel of
-    :func:`weighted_nnls` (same unit-diagonal scaling and KKT test), the
-    others (pivot below ``1e-3`` or failing the test) by :func:`nnls_gram`'s
-    pivoting; without numba, :func:`nnls_gram` solves them all.
 
-    Parameters
-    ----------
-    G : array-like of shape (n_problems, q (q + 1) / 2)
-        Upper triangles of symmetric positive semi-definite (q, q) matrices,
-        row by row (the order of ``numpy.triu_indices(q)``).
-    b : array-like of shape (n_problems, q)
-    return_fragile : bool, default False
-        Also return which problems' unit-diagonal Gram has a pivot below
-        1e-9: the normal equations then carry too few digits for an exact
-        chi^2, and the caller should re-solve them from the data (as
-        :func:`weighted_nnls` does).
-
-    Returns
-    -------
-    x : ndarray of shape (n_problems, q)
-    fragile : ndarray of bool, shape (n_problems,)
-        Only with ``return_fragile``.
-    """
+def _nnls_packed(G, b, x0, max_iter):
+    """``nnls_gram(G, b, packed=True)``: the compiled acceleration, then :func:`hand_off`."""
     G = np.ascontiguousarray(G, dtype=np.float64)
     b = np.ascontiguousarray(b, dtype=np.float64)
     m, q = b.shape
     if G.shape != (m, q * (q + 1) // 2):
         raise ValueError(f"G must have shape ({m}, {q * (q + 1) // 2}) for b of shape "
                          f"{b.shape}; got {G.shape}")
+    max_iter = _check_max_iter(max_iter, q)
     x = np.zeros((m, q))
-    fragile = np.zeros(m, dtype=bool)
-    if m == 0:
-        return (x, fragile) if return_fragile else x
-    if _kernels.available() and q <= _kernels.MAX_Q:
-        status = np.zeros(m, dtype=np.int8)
-        _kernels._nnls_rows(G, b, x, status, _FRAGILE_PIVOT, _REFINE_BELOW, _KKT_RTOL,
-                            _FREE_GRAD_FACTOR)
-        rest = np.flatnonzero(status != _kernels.SOLVED)
-        fragile[status == _kernels.FRAGILE] = True
-    else:
-        rest = np.arange(m)
-    if rest.size:
-        iu = np.triu_indices(q)
-        Gf = np.zeros((rest.size, q, q))
-        Gf[:, iu[0], iu[1]] = G[rest]
-        Gf[:, iu[1], iu[0]] = G[rest]
-        if not return_fragile:
-            x[rest] = nnls_gram(Gf, b[rest])
-        else:
-            step = max(1, _CHUNK_ELEMENTS // (q * q))
-            for start in range(0, rest.size, step):
-                sl = slice(start, min(rest.size, start + step))
-                xs, pivot = _nnls_chunk(np.ascontiguousarray(np.transpose(Gf[sl], (1, 2, 0))),
-                                        np.ascontiguousarray(b[rest[sl]].T), None,
-                                        _default_max_iter(q))
-                x[rest[sl]] = xs.T
-                fragile[rest[sl]] |= pivot < _FRAGILE_PIVOT
-    return (x, fragile) if return_fragile else x
+    status = np.full(m, _kernels.HARD, dtype=np.int8)
+    if m and _kernels.available() and q <= _kernels.MAX_Q:
+        _kernels._compile_helpers()          # else _nnls_rows would run as plain Python
+        status[:] = _kernels.SOLVED
+        _kernels._nnls_rows(G, b, x, status, *KERNEL_PIVOTS, *KERNEL_KKT)
+    return x, hand_off(G, b, x, status, max_iter, x0)
 
 
-# --------------------------------------------------------------------------
-# Grams of weighted spectra
-# --------------------------------------------------------------------------
+def hand_off(G, b, x, status, max_iter, x0=None):
+    """Complete the compiled acceleration's work in place; returns the fragile problems.
 
-def _pair_products(T):
-    """Pixel products ``T_k * T_l`` (k <= l), as columns of shape (n_pixels, n_pad).
-
-    The q(q+1)/2 columns are padded with zeros to a multiple of 8, which suits
-    the register blocking of BLAS kernels (measurably faster for small q).
-    Also returns the pair indices and ``T^T`` (contiguous).
+    ``G`` packed (m, q(q+1)/2), ``b`` (m, q) and the kernel's solutions ``x``
+    (m, q) and ``status`` (m,): the problems it did not solve (HARD: small
+    pivot or failed KKT test; FRAGILE) are solved by the pivoting, warm
+    started from ``x0`` (m, q) if given (with every status HARD, this is the
+    pivoting on packed problems).  Returns a boolean mask (m,) of the
+    fragile problems (pivot below ``_FRAGILE_PIVOT``).
     """
-    q, d = T.shape
-    ku, lu = np.triu_indices(q)
-    n_pad = -(-ku.size // 8) * 8
-    P = np.zeros((d, n_pad))
-    P[:, :ku.size] = (T[ku] * T[lu]).T
-    return P, ku, lu, np.ascontiguousarray(T.T)
-
-
-def _n_workers():
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(_MAX_GRAM_THREADS, cpus))
-
-
-def _tiles(d, n_cols):
-    """Tile sizes (rows, pixels, columns) for the Gram products.
-
-    Every matrix product then has rows * pixels * columns <= _GEMM_MAX_WORK,
-    small enough that BLAS runs it on one thread (OpenBLAS threads a product
-    of more than 2^19 multiply-adds; its threads spin-wait, which costs many
-    times the work itself on a loaded machine) and that its operands stay in
-    cache.
-    Parallelism comes from Python threads over groups of rows instead.
-    """
-    cols = min(n_cols, 16)
-    pix = min(d, max(1, _GEMM_MAX_WORK // cols))
-    rows = max(1, _GEMM_MAX_WORK // (pix * cols))
-    return rows, pix, cols
-
-
-def _grams_rows(X, ivar, pairs, Gu, bu, start, stop):
-    """Fill rows start:stop of Gu (pair sums) and bu (projections)."""
-    P, _, _, TT = pairs
-    d, n_pad = P.shape
-    q = TT.shape[1]
-    sub, pix, cols = _tiles(d, n_pad)
-    buf = np.empty((min(sub, stop - start), d))
-    for a in range(start, stop, sub):
-        z = min(stop, a + sub)
-        iv = ivar[a:z]
-        if iv.dtype != np.float64:
-            iv = iv.astype(np.float64)
-        w = np.multiply(iv, X[a:z], out=buf[:z - a])
-        if pix == d and cols == n_pad and q <= cols:
-            np.matmul(iv, P, out=Gu[a:z])
-            np.matmul(w, TT, out=bu[a:z])
-            continue
-        Gu[a:z] = 0.0
-        bu[a:z] = 0.0
-        for j in range(0, d, pix):
-            jz = min(d, j + pix)
-            for c in range(0, n_pad, cols):
-                Gu[a:z, c:c + cols] += iv[:, j:jz] @ P[j:jz, c:c + cols]
-            for c in range(0, q, cols):
-                bu[a:z, c:c + cols] += w[:, j:jz] @ TT[j:jz, c:c + cols]
-
-
-def _grams_t(X, ivar, pairs):
-    """Grams of a block of rows, batch last: G (q, q, rows) and b (q, rows).
-
-    Accumulates in float64: ``G_i = T diag(ivar_i) T^T``, ``b_i = T (ivar_i X_i)``.
-    The pixel products ``ivar * X`` are formed a few rows at a time so that
-    they stay in cache instead of making a full-size temporary; the matrix
-    products of a few rows are too small for BLAS to thread, so groups of
-    rows go to a few Python threads instead (numpy releases the GIL).
-    """
-    P, ku, _, TT = pairs
-    rows, d = ivar.shape
-    q = TT.shape[1]
-    Gu = np.empty((rows, P.shape[1]))
-    bu = np.empty((rows, q))
-    sub = _tiles(d, P.shape[1])[0]
-    group = sub * _SUBS_PER_TASK
-    n_tasks = -(-rows // group)
-    workers = min(_n_workers(), n_tasks)
-    if workers == 1:
-        _grams_rows(X, ivar, pairs, Gu, bu, 0, rows)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            jobs = [pool.submit(_grams_rows, X, ivar, pairs, Gu, bu, a, min(rows, a + group))
-                    for a in range(0, rows, group)]
-            for job in jobs:
-                job.result()
-    return _gram_unpack(Gu[:, :ku.size].T, q, np, axis=0), np.ascontiguousarray(bu.T)
-
-
-class UncheckedInputError(ValueError):
-    """Raised by ``weighted_nnls(..., checked=False)`` when the data fail its checks."""
-
-
-def _kernel_ok(X, ivar, q):
-    return (q <= _kernels.MAX_Q
-            and isinstance(X, np.ndarray) and isinstance(ivar, np.ndarray)
-            and X.dtype == ivar.dtype and X.dtype in (np.float32, np.float64)
-            and X.flags.c_contiguous and ivar.flags.c_contiguous
-            and _kernels.worthwhile(X.size))
-
-
-def _grams(X, ivar, T, pairs):
-    """``_grams_t``, by the compiled kernel when it applies (validated data: a failed
-    check can only be an overflow, which the BLAS path then reproduces)."""
-    q = T.shape[0]
-    if _kernel_ok(X, ivar, q):
-        G, b, ok = _kernels.spectrum_grams(X, ivar, T)
-        if ok:
-            return _gram_unpack(G.T, q, np, axis=0), np.ascontiguousarray(b.T)
-    return _grams_t(X, ivar, pairs)
-
-
-def _kernel_nnls(X, ivar, T, max_iter, grams=False):
-    """Grams and NNLS of a block by the compiled kernel, which also checks the data.
-
-    The kernel solves the well-conditioned problems (Lawson & Hanson on the
-    unit-diagonal Gram, same KKT test as here); those with a pivot below
-    ``_REFINE_BELOW`` or failing the test are solved by :func:`_nnls_chunk`
-    with its refinement.  Returns x (q, m) in the scaled-template variables,
-    NaN columns for the fragile problems the caller re-solves from the data,
-    and, with ``grams``, the Grams (q, q, m) (else None); or None if the data
-    fail the kernel's checks.
-    """
-    q = T.shape[0]
-    G, b, ok, x, status = _kernels.spectrum_grams(
-        X, ivar, T, solve=True, pivots=(_FRAGILE_PIVOT, _REFINE_BELOW),
-        kkt=(_KKT_RTOL, _FREE_GRAD_FACTOR))
-    if not ok:
-        return None
-    Gt = _gram_unpack(G.T, q, np, axis=0) if grams else None
-    x = np.ascontiguousarray(x.T)
-    x[:, status == _kernels.FRAGILE] = np.nan
-    hard = np.flatnonzero(status == _kernels.HARD)
-    if hard.size:
-        Gh = _gram_unpack(np.take(G, hard, axis=0).T, q, np, axis=0)
-        xh, pivot = _nnls_chunk(Gh, np.ascontiguousarray(b[hard].T),
-                                None, max_iter, symmetrize=False)
-        xh[:, pivot < _FRAGILE_PIVOT] = np.nan
-        x[:, hard] = xh
-    return x, Gt
-
-
-def _data_nnls(x, ivar, T):
-    """One spectrum by :func:`scipy.optimize.nnls` on its weighted pixels."""
-    w = np.sqrt(np.asarray(ivar, dtype=np.float64))
-    obs = w > 0
-    if not obs.any():
-        return np.zeros(T.shape[0])
-    A = (T[:, obs] * w[obs]).T
-    try:
-        c, _ = _scipy_nnls(A, np.asarray(x[obs], dtype=np.float64) * w[obs],
-                           maxiter=50 * max(T.shape[0], 3))
-    except RuntimeError:  # pragma: no cover - scipy's own iteration limit
-        G = A.T @ A
-        c = nnls_gram(G, A.T @ (np.asarray(x[obs], dtype=np.float64) * w[obs]))
-    return c
-
-
-def _check_templates(X, ivar, templates):
-    T = np.asarray(templates)
-    if T.dtype.kind not in "biuf":
-        raise TypeError(f"templates must be a real numeric array; got dtype {T.dtype}")
-    if T.ndim != 2 or T.shape[1] != X.shape[1]:
-        raise ValueError(f"templates must have shape (n_components, {X.shape[1]}); got {T.shape}")
-    if T.shape[0] == 0:
-        raise ValueError("templates must have at least one component")
-    if not np.all(np.isfinite(T)):
-        raise ValueError("templates contain NaN or inf")
-    if ivar.shape != X.shape:
-        raise ValueError(f"ivar must have the shape of X {X.shape}; got {ivar.shape}")
-    return T.astype(np.float64, copy=False)
-
-
-def _block_rows(block_size, n, d, q):
-    if block_size is None:
-        return max(1, min(n, _DEFAULT_BLOCK_ELEMENTS // max(1, q * q + q)))
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer or None; got {block_size!r}")
-    return int(block_size)
-
-
-def _to_host(*arrays):
-    from ..backends import get_namespace, to_numpy
-
-    xp = get_namespace(*arrays)
-    return xp, [to_numpy(a) for a in arrays]
+    q = b.shape[1]
+    fragile = status == _kernels.FRAGILE
+    rest = np.flatnonzero(status != _kernels.SOLVED)
+    step = max(1, _CHUNK_ELEMENTS // (q * q))
+    for start in range(0, rest.size, step):
+        idx = rest[start:start + step]
+        Gt = gram.unpack(np.take(G, idx, axis=0).T, q, np, axis=0)
+        F0 = None if x0 is None else np.ascontiguousarray(np.asarray(x0)[idx].T > 0)
+        xs, pivot = _nnls_chunk(Gt, np.ascontiguousarray(b[idx].T), F0, max_iter,
+                                symmetrize=False)
+        x[idx] = xs.T
+        fragile[idx] |= pivot < _FRAGILE_PIVOT
+    return fragile
 
 
 def spectrum_grams(X, ivar, templates, *, block_size=None):
@@ -714,19 +532,18 @@ def spectrum_grams(X, ivar, templates, *, block_size=None):
         ``b_i = T (ivar_i * X_i)``, so that ``chi^2_i(c) = c^T G_i c - 2 b_i^T c
         + sum_j ivar_ij X_ij^2``.
     """
-    _, (X, ivar, templates) = _to_host(X, ivar, templates)
-    T = _check_templates(X, ivar, templates)
-    n, d = X.shape
-    q = T.shape[0]
-    rows = _block_rows(block_size, n, d, q)
-    pairs = _pair_products(T)
+    from .coefficients import block_rows, check_templates, to_host
+
+    _, (X, ivar, templates) = to_host(X, ivar, templates)
+    T = check_templates(X, ivar, templates)
+    n, q = X.shape[0], T.shape[0]
+    rows = block_rows(block_size, n, q)
     G = np.empty((n, q, q))
     b = np.empty((n, q))
     for start in range(0, n, rows):
         sl = slice(start, min(n, start + rows))
-        Gt, bt = _grams(X[sl], ivar[sl], T, pairs)
-        G[sl] = Gt.transpose(2, 0, 1)
-        b[sl] = bt.T
+        Gp, b[sl] = gram.row_grams(ivar[sl], T, np, X=X[sl], float64=True)
+        G[sl] = gram.unpack(Gp, q, np)
     return G, b
 
 
@@ -741,6 +558,7 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     4 Python threads.  Spectra whose templates are nearly dependent on their
     observed pixels are solved from the data with :func:`scipy.optimize.nnls`
     instead (see the module notes), so the result is exact for any templates.
+    This is :func:`specnmf.solvers.coefficients.from_data` without penalties.
 
     Parameters
     ----------
@@ -759,8 +577,9 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     checked : bool, default True
         Whether X and ivar were validated.  With ``checked=False`` the
         compiled Gram kernel checks them as it reads them (one pass over the
-        data instead of two) and :class:`UncheckedInputError` is raised if
-        they fail, or if they are not arrays it can check; the caller then
+        data instead of two) and
+        :class:`~specnmf.solvers.coefficients.UncheckedInputError` is raised
+        if they fail, or if they are not arrays it can check; the caller then
         validates them properly.
     dtype : numpy dtype, optional
         Of the coefficients; default the (floating) dtype of ``X``.
@@ -772,60 +591,15 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
     covariance : ndarray of shape (n_spectra, n_components, n_components)
         Only with ``return_covariance=True``.
     """
-    xp, (X, ivar, templates, *rest) = _to_host(
-        X, ivar, templates, *(() if x0 is None else (x0,)))
-    x0 = rest[0] if rest else None
-    T = _check_templates(X, ivar, templates)
-    n, d = X.shape
-    q = T.shape[0]
-    if x0 is not None and x0.shape != (n, q):
-        raise ValueError(f"x0 must have shape {(n, q)}; got {x0.shape}")
-    rows = _block_rows(block_size, n, d, q)
-    # Templates scaled to a maximum of 1 so that their Gram products neither
-    # underflow nor overflow (the answer is scaled back below).
-    t_scale = np.max(np.abs(T), axis=1)
-    t_scale[t_scale == 0] = 1.0
-    T = T / t_scale[:, None]
-    compiled = _kernel_ok(X, ivar, q)
-    if not compiled and not checked:
-        raise UncheckedInputError("these arrays cannot be checked on the fly")
-    pairs = None
-    max_iter = _default_max_iter(q)
-    if dtype is None:
-        dtype = X.dtype if X.dtype.kind == "f" else np.float64
-    coef = np.empty((n, q), dtype=dtype)
-    cov = np.empty((n, q, q)) if return_covariance else None
-    for start in range(0, n, rows):
-        sl = slice(start, min(n, start + rows))
-        solved = (_kernel_nnls(X[sl], ivar[sl], T, max_iter, grams=return_covariance)
-                  if compiled else None)
-        if solved is None and not checked:
-            raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "
-                                      "weights, or non-finite flux where ivar > 0)")
-        if solved is not None:
-            x, Gt = solved
-            fragile = np.flatnonzero(np.isnan(x[0]))
-        else:
-            pairs = _pair_products(T) if pairs is None else pairs
-            Gt, bt = _grams_t(X[sl], ivar[sl], pairs)
-            F0 = None if x0 is None else np.ascontiguousarray(np.asarray(x0[sl]).T > 0)
-            x, min_pivot = _nnls_chunk(Gt, bt, F0, max_iter, symmetrize=False)
-            fragile = np.flatnonzero(min_pivot < _FRAGILE_PIVOT)
-        if fragile.size:
-            # Templates (nearly) dependent on this spectrum's observed pixels:
-            # the Gram (normal equations) may have lost the digits that decide
-            # the answer, so solve these few from the weighted data by QR.
-            logger.debug("weighted_nnls: %d spectra with near-singular Grams solved "
-                         "with scipy.optimize.nnls on the weighted data", fragile.size)
-            for i in fragile:
-                x[:, i] = _data_nnls(X[start + i], ivar[start + i], T)
-        coef[sl] = x.T / t_scale
-        if return_covariance:
-            cov_t = _covariance_t(Gt, x > 0 if free_only else None)
-            cov[sl] = cov_t.transpose(2, 0, 1) / (t_scale[:, None] * t_scale[None, :])
-    if xp is not np:
-        from ..backends import asarray
+    from ..backends import asarray
+    from .coefficients import from_data, to_host
 
+    xp, (X, ivar, templates, *rest) = to_host(
+        X, ivar, templates, *(() if x0 is None else (x0,)))
+    coef, cov = from_data(X, ivar, templates, block_size=block_size,
+                          x0=rest[0] if rest else None, return_covariance=return_covariance,
+                          free_only=free_only, checked=checked, dtype=dtype)
+    if xp is not np:
         coef = asarray(coef, xp)
         cov = None if cov is None else asarray(cov, xp)
     return (coef, cov) if return_covariance else coef

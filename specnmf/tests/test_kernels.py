@@ -247,3 +247,69 @@ def test_transform_of_any_layout_and_dtype_is_the_same():
     X_copy = X.copy()
     model.transform(X, ivar=ivar)
     assert np.array_equal(X, X_copy)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("q", [1, 4, _kernels.MAX_Q])
+def test_row_grams_acceleration_equals_the_reference(monkeypatch, dtype, q):
+    """row_grams(float64=True): the compiled kernel, its tiled BLAS form and the
+    fits' one-product form are the same statistics."""
+    from specnmf.solvers import gram
+
+    X, ivar, _, T = _problem(500, 70, q, seed=q, dtype=dtype)
+    X[ivar == 0] = 0.0
+    T = T.astype(np.float64)
+    assert gram.kernel_applies(X, ivar, q)
+    G, b = gram.row_grams(ivar, T, np, X=X, float64=True)
+    monkeypatch.setenv("SPECNMF_DISABLE_NUMBA", "1")
+    assert not gram.kernel_applies(X, ivar, q)
+    G_ref, b_ref = gram.row_grams(ivar, T, np, X=X, float64=True)
+    np.testing.assert_allclose(G, G_ref, rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-12, atol=1e-12)
+    G_fit, b_fit = gram.row_grams(ivar.astype(np.float64), T, np, X=X.astype(np.float64))
+    np.testing.assert_allclose(G_ref, G_fit, rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(b_ref, b_fit, rtol=1e-12, atol=1e-12)
+
+
+def test_kkt_test_is_one_definition():
+    """The numpy KKT test (nnls._kkt) and the compiled one (_kernels._kkt_ok) give
+    the same verdict on every candidate: exact solutions, candidates moved to
+    either side of every tolerance, arbitrary free sets, on random, singular,
+    nearly dependent and template-less problems."""
+    from specnmf.solvers import nnls
+
+    _kernels._compile_helpers()
+    rng = np.random.default_rng(0)
+    verdicts = []
+    for trial in range(300):
+        q = int(rng.integers(1, _kernels.MAX_Q + 1))
+        A = rng.normal(size=(q + 3, q)) * rng.uniform(0.1, 10.0, q)
+        kind = trial % 4
+        if kind == 1 and q > 1:
+            A[:, -1] = A[:, 0]                                  # duplicate: singular
+        elif kind == 2:
+            A[:, 0] = 0                                         # no weight: G_00 = 0
+        elif kind == 3 and q > 1:
+            A[:, -1] = A[:, 0] * (1 + 1e-7 * rng.normal(size=q + 3))
+        G = A.T @ A
+        b = A.T @ rng.normal(size=q + 3)
+        Gs, bs, _, live = nnls._equilibrate(G[:, :, None], b[:, None])
+        bmax = np.max(np.abs(bs), axis=0)
+        x_opt = nnls._bpp(Gs, bs, live, live, 100)[0]
+        M = Gs[:, :, 0].copy()
+        M[np.arange(q), np.arange(q)] = 1.0                     # the kernel's convention
+        for _ in range(12):
+            F = (x_opt > 0) if rng.uniform() < 0.7 else (rng.uniform(size=(q, 1)) < 0.5) & live
+            x = np.where(F, x_opt, 0.0)
+            tol = nnls._KKT_RTOL * (bmax + q * np.max(np.abs(x), axis=0))
+            k = int(rng.integers(q))
+            # move one coordinate by about a tolerance (either test's boundary)
+            scale = rng.choice([1.0, nnls._FREE_GRAD_FACTOR]) * rng.choice([-1.0, 1.0])
+            x[k] += scale * tol[0] * rng.uniform(0.5, 1.5) if F[k, 0] else 0.0
+            V, free_ok = nnls._kkt(Gs, bs, x, F, live, bmax)
+            numpy_ok = bool(not V.any() and free_ok[0])
+            kernel_ok = _kernels._kkt_ok(M, bs[:, 0], x[:, 0], F[:, 0], live[:, 0],
+                                         nnls._KKT_RTOL, nnls._FREE_GRAD_FACTOR)
+            assert numpy_ok == kernel_ok, (trial, q, kind)
+            verdicts.append(numpy_ok)
+    assert 0.2 < np.mean(verdicts) < 0.8         # both verdicts, often near the boundary

@@ -182,6 +182,7 @@ def test_warm_start_gives_the_same_answer():
 
 @pytest.mark.parametrize("gemm_work", [16 * 40 * 3, 16 * 5])
 def test_chunks_do_not_change_the_answer(monkeypatch, gemm_work):
+    import specnmf.solvers.gram as gram_module
     import specnmf.solvers.nnls as nnls_module
 
     X, ivar, T = make_problem("generic", n=50)
@@ -191,8 +192,8 @@ def test_chunks_do_not_change_the_answer(monkeypatch, gemm_work):
     G, b = spectrum_grams(X, ivar, T)
     monkeypatch.setattr(nnls_module, "_CHUNK_ELEMENTS", 16 * 6)  # 6 problems per chunk
     # 3 rows per product; or 1 row, 5 pixels and 16 pair columns per product
-    monkeypatch.setattr(nnls_module, "_GEMM_MAX_WORK", gemm_work)
-    monkeypatch.setattr(nnls_module, "_SUBS_PER_TASK", 2)  # several threads
+    monkeypatch.setattr(gram_module, "_GEMM_MAX_WORK", gemm_work)
+    monkeypatch.setattr(gram_module, "_SUBS_PER_TASK", 2)  # several threads
     # (with numba, weighted_nnls solves by Cholesky where nnls_gram uses LU:
     # the same unique minimiser, to rounding)
     np.testing.assert_allclose(nnls_gram(G, b), C, rtol=1e-10, atol=1e-13)

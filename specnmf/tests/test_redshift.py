@@ -325,18 +325,18 @@ def test_docstring_examples():
 
 
 def test_nnls_gram_packed_matches_nnls_gram():
-    from specnmf.solvers.nnls import nnls_gram, nnls_gram_packed
+    from specnmf.solvers.nnls import nnls_gram
 
     rng = np.random.default_rng(7)
     A = rng.normal(size=(500, 12, 4))
     G = np.einsum("mjk,mjl->mkl", A, A)
     b = np.einsum("mjk,mj->mk", A, rng.normal(size=(500, 12)))
     iu = np.triu_indices(4)
-    x, fragile = nnls_gram_packed(G[:, iu[0], iu[1]], b, return_fragile=True)
+    x, fragile = nnls_gram(G[:, iu[0], iu[1]], b, packed=True, return_fragile=True)
     np.testing.assert_allclose(x, nnls_gram(G, b), atol=1e-10)
     assert not fragile.any()
     G[0, 3, :] = G[0, :, 3] = G[0, 2, :] = G[0, :, 2] = 0.0     # template absent
-    x = nnls_gram_packed(G[:, iu[0], iu[1]], b)
+    x = nnls_gram(G[:, iu[0], iu[1]], b, packed=True)
     assert np.all(x[0, 2:] == 0)
 
 
