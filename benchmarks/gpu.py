@@ -148,7 +148,8 @@ def main(argv=None):
 
         def fit(m, backend=backend, data=data):
             return SpectralNMF(args.q, solver="nearly", max_iter=m, tol=0, dtype=args.dtype,
-                               backend=backend).fit(*data, templates=T0, coefficients=C0)
+                               backend=backend).fit(data[0], ivar=data[1], templates=T0,
+                                                   coefficients=C0)
 
         ours_s = _per_iteration(fit, bsync, m1, m2)
         model = fit(m2)

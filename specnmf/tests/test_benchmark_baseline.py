@@ -4,6 +4,7 @@
 package), so these tests are skipped when it is absent.  No timing here.
 """
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -134,6 +135,10 @@ def test_partial_benchmark_run_leaves_the_full_results_alone(tmp_path, capsys):
                                                            "results.partial.md"]
     table = (tmp_path / "results.partial.md").read_text()
     assert "SpectralNMF.transform" in table and "scipy.optimize.nnls loop" in table
+    # the harness reports a failed measurement instead of stopping: none may fail
+    results = json.loads((tmp_path / "results.partial.json").read_text())["transform"]
+    outcomes = [results["loop"], *results["specnmf"].values()]
+    assert all(r["ok"] for r in outcomes), [r.get("error") for r in outcomes]
     assert table in capsys.readouterr().out
 
 
