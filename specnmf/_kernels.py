@@ -164,7 +164,7 @@ def _mu_source(q):
         w(f"        a{k} = zero")
         w(f"        e{k} = zero")
     # a spectrum's chi^2 terms are summed in the data's dtype (in many
-    # partial sums: ~1e-7 relative in float32, as gram.block_chi2), the
+    # partial sums: ~1e-7 relative in float32, as objective.block_chi2), the
     # spectra in float64: a float64 sum would halve the float32 vector width
     w("        s = zero")
     # coefficient step: a = T (v*x), e = T (v*(m + y)), chi2 from the residual

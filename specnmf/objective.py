@@ -114,6 +114,15 @@ def chi2_from_grams(vx2, a, Gp, C, xp):
     return float(xp.sum(vx2) - 2 * xp.sum(C * a) + xp.sum(quad_form(Gp, C, xp)))
 
 
+def problem_chi2_from_grams(vx2, a, Gc, c):
+    """chi^2 of each of m problems from its Gram system, of shape (m,): ``vx2 - 2 c.a + c.(G c)``.
+
+    ``Gc`` is ``G c`` (:func:`specnmf.solvers.gram.gram_matvec`); numpy arrays,
+    float64 (the redshift scan's many (spectrum, redshift) problems).
+    """
+    return vx2 - 2 * np.einsum("mk,mk->m", c, a) + np.einsum("mk,mk->m", c, Gc)
+
+
 def _chi2_rows(X, ivar, coefficients, templates, xp):
     """Per-spectrum chi^2 (float64) of validated arrays (finite X, ivar >= 0)."""
     n = X.shape[0]

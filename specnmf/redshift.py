@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_spectra
+from .objective import problem_chi2_from_grams, spectrum_chi2
 from .solvers import gram
 from .solvers.nnls import nnls_gram
 
@@ -541,7 +542,7 @@ class _Scanner:
         else:
             c, fragile = _lstsq_gram(G, b, return_fragile=True)
         Gc = gram.gram_matvec(G, c, np)
-        chi2 = S - 2 * np.einsum("mk,mk->m", c, b) + np.einsum("mk,mk->m", c, Gc)
+        chi2 = problem_chi2_from_grams(S, b, Gc, c)
         bad = np.flatnonzero(fragile)
         self.n_fragile += bad.size
         if bad.size and X is not None:
@@ -587,7 +588,7 @@ class _Scanner:
             for m in np.flatnonzero(fragile):
                 c[m] = _data_solve(A[m], wo, xo, self.nnls)
         r = xo - np.einsum("mk,mkj->mj", c, A)
-        return c, np.einsum("mj,j,mj->m", r, wo, r)
+        return c, spectrum_chi2(r, wo[None, :], np)
 
 
 def _lstsq_gram(G, b, return_fragile=False):
@@ -820,7 +821,7 @@ def _scan_block(sc, X, W, z, lags, n_minima, dv_min, n_refine, curves, name, sl)
     the refinement scan (exact on its grid).
     """
     nb, nz = X.shape[0], z.size
-    S = np.einsum("ij,ij,ij->i", W, X, X)
+    S = spectrum_chi2(X, W, np)                  # chi^2 of a zero model
     if lags is not None:
         corr = sc.correlate(X, W)
         Gp, b = sc.grams_fft(corr, X, W, z, lags)

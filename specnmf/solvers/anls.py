@@ -25,6 +25,7 @@ step on the same quadratics instead of solving them.
 
 from __future__ import annotations
 
+from .. import objective
 from . import coefficients, gram
 from .multiplicative import Block
 
@@ -56,11 +57,11 @@ class _Alternating:
 
     def prepare_block(self, X, ivar):
         xp = self.xp
-        vx2 = xp.sum(ivar * X * X, axis=1, dtype=xp.float64)
+        vx2 = objective.spectrum_chi2(X, ivar, xp)        # chi^2 at a zero model
         return Block(X, ivar, (ivar * X, vx2))
 
     def block_chi2(self, block, C, T):
-        return gram.block_chi2(block.X, block.ivar, C, T[:, block.cols], self.xp)
+        return objective.block_chi2(block.X, block.ivar, C, T[:, block.cols], self.xp)
 
     # -- template penalties as quadratic models (the coefficient ones: coefficients.py)
     def _templ_colours(self, n_pixels, like):
@@ -104,7 +105,7 @@ class _Alternating:
         Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
         a = vx @ Tt
         if C.dtype == xp.float64:
-            chi = gram.chi2_from_grams(vx2, a, Gp, C, xp)
+            chi = objective.chi2_from_grams(vx2, a, Gp, C, xp)
         else:
             chi = self.block_chi2(block, C, T_full)
         info = None

@@ -27,8 +27,6 @@ import numpy as np
 
 from .. import _kernels
 from ..backends import index_like
-# chi^2 is computed in specnmf.objective; the alternating solvers reach it from here
-from ..objective import block_chi2, chi2_from_grams  # noqa: F401
 
 __all__ = ["pairs", "unpack", "row_grams", "kernel_applies", "pixel_grams", "quad_form", "gram_matvec"]
 
