@@ -18,7 +18,7 @@ from . import _kernels
 from . import _validation as V
 from . import interop
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
-from .engine import InMemory, make_engine
+from .engine import make_engine
 from .init import INITS, check_random_state, nndsvd_init, random_init
 from .objective import _chi2
 from .progress import progress_callback
@@ -448,7 +448,7 @@ class SpectralNMF(_ParamsMixin):
             if not engine.in_memory:
                 raise ValueError(f"init={self.init!r} needs the spectra in memory; use "
                                  "init='random' or 'sequential' for data streamed from disk")
-            X, ivar = engine._read(slice(0, n))
+            X, ivar = engine.read_all()
             fill = self.init == "nndsvda"
             if self.init == "nndsvd" and self.solver in MULTIPLICATIVE:
                 # multiplicative updates never move an exact zero: plain NNDSVD
@@ -465,7 +465,7 @@ class SpectralNMF(_ParamsMixin):
             return (C0 if coefficients is None else coefficients,
                     T0 if templates is None else templates)
         # one factor given: rescale the initialised other one to the data
-        X, ivar = engine._read(slice(0, n))
+        X, ivar = engine.read_all()
         if templates is None:
             templates = _rescale(T0.T, X.T, ivar.T, coefficients.T).T
         else:
@@ -548,8 +548,7 @@ class SpectralNMF(_ParamsMixin):
         penalties = self._penalties(summary.ivar_scale, spatial_shape)
         for p in penalties:
             p.check(self.solver, n, d, in_memory=engine.in_memory)
-        if any(getattr(p, "needs_all_coefficients", False) for p in penalties):
-            engine.block_rows = n  # neighbours must be read as they are updated
+        coupled = any(p.needs_all_coefficients for p in penalties)
 
         def to_xp(a):
             return a if is_numpy_namespace(xp) else asarray(a, xp, dtype=dt, device=device)
@@ -560,13 +559,7 @@ class SpectralNMF(_ParamsMixin):
             compiled = is_numpy_namespace(xp) and _kernels.worthwhile(n * d * max(1, max_iter))
             solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties,
                                            n_components=C.shape[1] if compiled else None)
-            if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
-                    and engine.block_rows < n:
-                large = solver.preferred_block_rows(d, C.shape[1])
-                if solver.crops_blocks:
-                    # blocks of spectra sorted by coverage skip the pixels none of them observe
-                    large = engine.choose_block_rows(large, max(16, (3 << 17) // d))
-                engine.block_rows = min(n, large)
+            engine.plan(solver, C.shape[1], coupled=coupled)
             with progress_callback(self.progress, max_iter, callback,
                                    start=kw.get("start_iter", 0),
                                    desc=f"specnmf {self.solver} k={C.shape[1]}") as callback:
@@ -788,10 +781,8 @@ class SpectralNMF(_ParamsMixin):
         C = np.zeros((n, k), dtype=np.float64)
         sigma = np.zeros((n, k)) if return_uncertainty else None
         cov = np.zeros((n, k, k)) if return_covariance else None
-        coupled = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
-        if coupled or type(engine) is InMemory:
-            # weighted_nnls blocks its own work; one call avoids its fixed costs per block
-            engine.block_rows = n
+        coupled = any(p.needs_all_coefficients for p in penalties)
+        engine.plan(None, k, coupled=coupled)  # weighted_nnls blocks its own work
         want_cov = sigma is not None or cov is not None
         for rows, Xb, ib in engine.blocks():
             Xb = Xb.astype(np.float64, copy=False)

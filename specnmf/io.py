@@ -1042,7 +1042,7 @@ def load_model(path):
 
 def model_summary(model) -> dict:
     """A small dict describing a fitted model (used by ``specnmf info``)."""
-    out = {"class": type(model).__name__}
+    out: dict[str, object] = {"class": type(model).__name__}
     out["params"] = model.get_params()
     T = np.asarray(model.templates_)
     out["n_components"], out["n_pixels"] = T.shape

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..protocols import Block, SolverProtocol
 from . import gram
-from .multiplicative import Block
 
 __all__ = ["ANLS"]
 
@@ -41,7 +41,7 @@ def _colour_masks(colours, n, xp, like):
     return masks
 
 
-class _Alternating:
+class _Alternating(SolverProtocol):
     """Gram-based alternating solver; subclasses define ``_solve(G, b, F, which, rows)``."""
 
     name = ""
@@ -53,8 +53,7 @@ class _Alternating:
         self._tprod = gram.TemplateProducts()
         # blocks may be cropped to the pixels their spectra observe (see
         # engine.InMemory), unless a penalty reads neighbouring spectra in order
-        self.crops_blocks = not any(getattr(p, "needs_all_coefficients", False)
-                                    for p in self.penalties)
+        self.crops_blocks = not any(p.needs_all_coefficients for p in self.penalties)
 
     def prepare_key(self):
         return ("gram",)
@@ -108,12 +107,6 @@ class _Alternating:
         return diag, lin
 
     # -- the protocol ------------------------------------------------------------
-    def row_inputs(self, C):
-        return C
-
-    def row_outputs(self, P_new, C_old):
-        return P_new
-
     def _split_rows(self, P):
         return P, None
 

@@ -26,10 +26,9 @@ of a fit.
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 from .. import _kernels
 from ..backends import is_numpy_namespace
+from ..protocols import Block, SolverProtocol
 from . import gram
 
 __all__ = ["NearlyNMF", "ShiftNMF", "ClipNMF", "ZERO_DIVISION", "Block", "minimal_shift"]
@@ -39,11 +38,6 @@ ZERO_DIVISION = 1e-6
 
 #: the equivalent forms of the update rules (see ``_Multiplicative``)
 FORMS = ("auto", "gram", "dense", "fused")
-
-#: One block of rows: flux, inverse variance, solver-specific precomputed data,
-#: and the pixels ``cols`` the block's arrays cover (an engine may crop a block
-#: to the span of pixels its spectra observe; outside it every ivar is 0).
-Block = namedtuple("Block", ["X", "ivar", "aux", "cols"], defaults=(slice(None),))
 
 
 def _pos(a, xp):
@@ -82,7 +76,7 @@ def _add_penalty_split(num, den, splits):
     return num, den
 
 
-class _Multiplicative:
+class _Multiplicative(SolverProtocol):
     """Shared plumbing of the three multiplicative solvers.
 
     Two equivalent forms of the same update rules, chosen by the number of
@@ -123,8 +117,7 @@ class _Multiplicative:
         self.n_components = n_components
         # the fused kernel skips each spectrum's unobserved pixels itself
         self.crops_blocks = (self._form(n_components) != "fused"
-                             and not any(getattr(p, "needs_all_coefficients", False)
-                                         for p in self.penalties))
+                             and not any(p.needs_all_coefficients for p in self.penalties))
 
     def _form(self, q):
         """The form used for q components (``form="auto"``: fused if the solver was
@@ -152,7 +145,7 @@ class _Multiplicative:
         return max(8, elements // max(1, n_pixels))
 
     def prepare_key(self):
-        return (type(self).__name__, getattr(self, "shift", 0.0))
+        return (type(self).__name__, self.shift)
 
     # -- penalty hooks ---------------------------------------------------
     def _coef_splits(self, C, T, rows, C_all):
