@@ -876,7 +876,7 @@ def _example(text):
 
 def build_parser():
     """The ``specnmf`` argument parser (exposed for documentation and tests)."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog="specnmf",

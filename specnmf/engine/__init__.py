@@ -35,7 +35,7 @@ The same solver code therefore runs on
 input; the shared pass and data summary are in :mod:`specnmf.engine.base`.
 """
 
-from .base import DataSummary, Engine, is_lazy, sum_stats, summarize_block
+from .base import DataSummary, Engine, is_lazy
 from .dask import SPLIT_EVERY, DaskEngine
 from .factory import make_engine
 from .memory import InMemory

@@ -14,7 +14,15 @@ import numpy as np
 import numpy.typing as npt
 
 from ..backends import asarray, is_numpy_namespace
-from ..protocols import Array, BlockFn, EngineProtocol, PassResult, Rows, SolverProtocol, Stat
+from ..protocols import (
+    Array,
+    BlockFn,
+    EngineProtocol,
+    PassResult,
+    Rows,
+    SolverProtocol,
+    Stat,
+)
 
 __all__ = ["DataSummary", "Engine", "summarize_block", "sum_stats", "is_lazy"]
 

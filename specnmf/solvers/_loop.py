@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from types import ModuleType
 
-from ..protocols import Array, Block, EngineProtocol, PenaltyProtocol, Rows, SolverProtocol, Stat
+from ..protocols import (
+    Array,
+    Block,
+    EngineProtocol,
+    PenaltyProtocol,
+    Rows,
+    SolverProtocol,
+    Stat,
+)
 from . import _health
 
 logger = logging.getLogger("specnmf")
