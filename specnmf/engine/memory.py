@@ -128,8 +128,9 @@ class InMemory(Engine):
         return out
 
     def run_pass(self, solver: SolverProtocol, fn: BlockFn, C: Array) -> PassResult:
-        key = (solver.prepare_key(), self.block_rows)
         crop = is_numpy_namespace(self.xp) and solver.crops_blocks
+        # cropped blocks hold other rows and pixels: never reused for an uncropped pass
+        key = (solver.prepare_key(), self.block_rows, crop)
         if self._prepared_for != key:
             if crop:
                 self._prepared = [

@@ -1,7 +1,8 @@
 """Solvers for the weighted, signed NMF objective of :mod:`specnmf.objective`.
 
 ``SOLVERS`` maps each public ``solver=`` name to a factory
-``factory(xp, *, shift, penalties, n_components) -> solver object``; the execution loop in
+``factory(xp, *, shift, penalties, n_components)`` (:class:`specnmf.protocols.SolverFactory`)
+of a solver (:class:`specnmf.protocols.SolverProtocol`); the execution loop in
 :mod:`specnmf.solvers._loop` drives any of them over any engine.
 
 Which solver when (measured figures in README.md and docs/solvers.md):

@@ -145,7 +145,8 @@ class _Multiplicative(SolverProtocol):
         return max(8, elements // max(1, n_pixels))
 
     def prepare_key(self):
-        return (type(self).__name__, self.shift)
+        # the fused kernel's blocks hold observed spans, the other forms' weighted flux
+        return (type(self).__name__, self.shift, self._form(self.n_components) == "fused")
 
     # -- penalty hooks ---------------------------------------------------
     def _coef_splits(self, C, T, rows, C_all):
