@@ -40,7 +40,6 @@ __all__ = [
     "Stat",
     "Block",
     "BlockFn",
-    "PassResult",
     "SolverProtocol",
     "SolverFactory",
     "EngineProtocol",
@@ -98,8 +97,9 @@ class Block(NamedTuple):
 #: ``part`` the block's new coefficient rows (or None), ``stats`` its summands.
 BlockFn = Callable[[Rows, Block, Array], tuple[Union[Array, None], Sequence[Stat]]]
 
-#: What a pass returns: ``[(rows, part), ...]`` in block order, and the
-#: elementwise sum of every block's ``stats``.
+# What a pass returns (EngineProtocol.run_pass): ``[(rows, part), ...]`` in block order,
+# and the elementwise sum of every block's ``stats``.  Not in __all__: autodoc cannot
+# document a subscripted tuple.
 PassResult = tuple[list[tuple[Rows, Union[Array, None]]], list[Stat]]
 
 
@@ -246,7 +246,11 @@ class EngineProtocol(Protocol):
         ...
 
     def run_pass(self, solver: SolverProtocol, fn: BlockFn, C: Array) -> PassResult:
-        """``fn(rows, solver.prepare_block(X_b, ivar_b), C[rows])`` for every block."""
+        """``fn(rows, solver.prepare_block(X_b, ivar_b), C[rows])`` for every block.
+
+        Returns ``[(rows, part), ...]`` in block order and the elementwise sum
+        of every block's ``stats``.
+        """
         ...
 
     def plan(self, solver: SolverProtocol | None, n_components: int, *,
