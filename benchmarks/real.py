@@ -32,7 +32,7 @@ Protocol
    by their number (held-out chi^2 per pixel; 1 is the noise level if the
    pipeline variance is right).  The coefficient step is the same for all
    non-negative methods: exact weighted NNLS (``SpectralNMF.transform(X,
-   ivar=...)`` for specnmf, :func:`specnmf.solvers.nnls.weighted_nnls` for
+   ivar=...)`` for specnmf, :func:`specnmf.solvers.coefficients.weighted_nnls` for
    the templates of scikit-learn and NonnegMFPy), so the comparison is of
    the templates.  PCA coefficients are weighted least squares (signed).
 
@@ -177,7 +177,7 @@ def heldout_chi2(X, ivar, held, predict):
 
 
 def nnls_predictor(templates):
-    from specnmf.solvers.nnls import weighted_nnls
+    from specnmf.solvers.coefficients import weighted_nnls
 
     T = np.ascontiguousarray(templates, dtype=np.float64)
 

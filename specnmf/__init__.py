@@ -12,12 +12,11 @@ containers in and out), :mod:`specnmf.progress` (``SpectralNMF(progress=True)``)
 """
 
 from ._validation import MissingDataWarning
+from ._version import __version__
 from .estimator import SpectralNMF
 from .objective import chi2, chi2_per_spectrum, reduced_chi2
 from .selection import Selection, select_n_components
 from .solvers import ConvergenceWarning
-
-__version__ = "0.1.0"
 
 
 def load(path):

@@ -520,7 +520,7 @@ _RETRY = 5
 _TILE = 64
 
 
-_HELPERS = []
+_HELPERS: list[str] = []
 
 
 def _jit(fn):

@@ -37,11 +37,104 @@ interpolation correlates the noise of neighbouring pixels.
 from __future__ import annotations
 
 import os
-from numbers import Integral
+from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import numpy as np
 
 __all__ = ["read_sdss", "read_desi", "read_lamost", "coadd_cameras", "ivar_from_variance"]
+
+# FITS keywords that describe the file's structure, never carried between files
+_STRUCTURAL = {
+    "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS",
+    "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM", "COMMENT", "HISTORY", "", "BSCALE",
+    "BZERO", "BLANK", "THEAP", "ZIMAGE", "END",
+}
+
+
+@dataclass
+class Spectra:
+    """Spectra read from a file, in specnmf's orientation.
+
+    Attributes
+    ----------
+    flux : ndarray of shape (n_spectra, n_pixels)
+        Flux; may be negative; may be NaN where ``ivar == 0``.  With
+        ``memmap=True`` a lazily-read array-like (``np.memmap``, FITS memmap or
+        ``h5py.Dataset``) supporting ``shape``, ``dtype`` and row slicing.
+    ivar : ndarray of shape (n_spectra, n_pixels)
+        Inverse variance with masked pixels set to 0 (lazy with ``memmap=True``).
+    wavelength : ndarray of shape (n_pixels,) or None
+        Common wavelength grid, if the file has one.
+    meta : dict
+        Header cards of the file (FITS primary and FLUX headers, HDF5 root
+        attributes), as plain ``{keyword: value}``, without structural keywords.
+    path : str or None
+        The file read.
+    format : str or None
+        The layout read: ``"image"``, ``"table"``, ``"npz"``, ``"npy"``,
+        ``"hdf5"``, ``"sdss"``, ``"desi"``, ``"lamost"`` or ``"cube"``.
+    wavelength_unit : str or None
+        Unit of ``wavelength`` (``"Angstrom"`` for the survey layouts).
+    medium : {"air", "vacuum"} or None
+        Whether ``wavelength`` is in air or vacuum, when the layout says.
+    flux_unit : str or None
+        Unit of ``flux`` (the file's ``BUNIT``), when the file says.
+    spatial_shape : tuple of int or None
+        ``(ny, nx)`` when the file is an IFU cube read as one spectrum per
+        spaxel (row ``y * nx + x``).
+    """
+
+    flux: object
+    ivar: object
+    wavelength: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+    path: str | None = None
+    format: str | None = None
+    wavelength_unit: str | None = None
+    medium: str | None = None
+    flux_unit: str | None = None
+    spatial_shape: tuple | None = None
+
+    @property
+    def shape(self):
+        """(n_spectra, n_pixels)."""
+        return tuple(self.flux.shape)
+
+
+def _require(module, purpose, extra):
+    """Import an optional dependency, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - astropy and h5py are test dependencies
+        raise ImportError(f"{purpose} needs {module.split('.')[0]}: "
+                          f"pip install 'specnmf[{extra}]'") from exc
+
+
+def _require_fits():
+    return _require("astropy.io.fits", "reading and writing FITS files", "fits")
+
+
+def _require_h5py():
+    return _require("h5py", "reading and writing HDF5 files", "io")
+
+
+def _header_dict(*headers) -> dict:
+    meta = {}
+    for header in headers:
+        if header is None:
+            continue
+        for card in header.cards:
+            key = card.keyword
+            if key in _STRUCTURAL or key.startswith(("NAXIS", "TTYPE", "TFORM", "TDIM", "TUNIT",
+                                                      "TNULL", "TSCAL", "TZERO", "TDISP", "ZNAXIS")):
+                continue
+            value = card.value
+            if isinstance(value, (bool, Integral, Real, str)):
+                meta[key] = value.item() if isinstance(value, np.generic) else value
+    return meta
 
 
 def ivar_from_variance(variance, *, kind="variance"):
@@ -104,15 +197,7 @@ def _clean(flux, ivar, mask=None, bad_bits=None):
     return flux, ivar
 
 
-def _meta(*headers):
-    from .io import _header_dict
-
-    return _header_dict(*headers)
-
-
 def _open(path):
-    from .io import _require_fits
-
     fits = _require_fits()
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -121,12 +206,6 @@ def _open(path):
         return fits.open(path, memmap=False, lazy_load_hdus=False)
     except OSError as exc:
         raise ValueError(f"{path}: not a readable FITS file ({exc})") from exc
-
-
-def _spectra(**kwargs):
-    from .io import Spectra
-
-    return Spectra(**kwargs)
 
 
 # -- SDSS / BOSS --------------------------------------------------------------
@@ -171,7 +250,7 @@ def read_sdss(path, *, hdu="COADD", bad_bits=None):
         flux, ivar = data[cols["flux"]], data[cols["ivar"]]
         mask = data[cols["and_mask"]] if "and_mask" in cols else None
         wave = 10 ** np.asarray(data[cols["loglam"]], dtype=np.float64)
-        meta = _meta(hdul[0].header)
+        meta = _header_dict(hdul[0].header)
         if "SPECOBJ" in hdul and hasattr(hdul["SPECOBJ"], "columns"):
             spec = hdul["SPECOBJ"].data
             for key in ("CLASS", "SUBCLASS", "Z", "Z_ERR"):
@@ -180,7 +259,7 @@ def read_sdss(path, *, hdu="COADD", bad_bits=None):
                     meta[key] = value.decode().strip() if isinstance(value, bytes) else \
                         (str(value).strip() if isinstance(value, str) else float(value))
     flux, ivar = _clean(flux, ivar, mask, bad_bits)
-    return _spectra(flux=flux, ivar=ivar, wavelength=wave, meta=meta, path=path, format="sdss",
+    return Spectra(flux=flux, ivar=ivar, wavelength=wave, meta=meta, path=path, format="sdss",
                     wavelength_unit="Angstrom", medium="vacuum",
                     flux_unit=meta.get("BUNIT"))
 
@@ -224,7 +303,7 @@ def read_desi(path, *, camera=None, bad_bits=None):
                 raise ValueError(f"camera must be None or one of "
                                  f"{[c.lower() for c in cameras]}; got {camera!r}")
             cameras = [camera.upper()]
-        meta = _meta(hdul[0].header)
+        meta = _header_dict(hdul[0].header)
         if "FIBERMAP" in hdul and "TARGETID" in hdul["FIBERMAP"].columns.names:
             meta["TARGETID"] = int(hdul["FIBERMAP"].data["TARGETID"][0])
         unit = hdul[f"{cameras[0]}_FLUX"].header.get("BUNIT")
@@ -238,7 +317,7 @@ def read_desi(path, *, camera=None, bad_bits=None):
             if wave.shape != (flux.shape[1],):
                 raise ValueError(f"{path}: {cam}_WAVELENGTH has shape {wave.shape} but "
                                  f"{cam}_FLUX has {flux.shape[1]} pixels")
-            per_camera[cam.lower()] = _spectra(
+            per_camera[cam.lower()] = Spectra(
                 flux=flux, ivar=ivar, wavelength=wave, meta={**meta, "CAMERAS": cam.lower()},
                 path=path, format="desi", wavelength_unit="Angstrom", medium="vacuum",
                 flux_unit=unit)
@@ -314,7 +393,7 @@ def coadd_cameras(spectra, *, rtol=1e-3):
     flux = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
     first = items[0][1]
     meta = {**first.meta, "CAMERAS": "".join(str(name) for name, _ in items)}
-    return _spectra(flux=flux, ivar=den, wavelength=grid, meta=meta, path=first.path,
+    return Spectra(flux=flux, ivar=den, wavelength=grid, meta=meta, path=first.path,
                     format=first.format, wavelength_unit=first.wavelength_unit,
                     medium=first.medium, flux_unit=first.flux_unit)
 
@@ -354,8 +433,8 @@ def read_lamost(path, *, bad_bits=None):
         wave = 10 ** (float(header["COEFF0"]) + float(header["COEFF1"]) * np.arange(n_pix))
         flux, ivar = data[0], data[1]
         mask = data[3] if data.shape[0] >= 4 else None
-        meta = _meta(header)
+        meta = _header_dict(header)
     flux, ivar = _clean(flux, ivar, mask, bad_bits)
     medium = "air" if header.get("VACUUM") is False else "vacuum"
-    return _spectra(flux=flux, ivar=ivar, wavelength=wave, meta=meta, path=path, format="lamost",
+    return Spectra(flux=flux, ivar=ivar, wavelength=wave, meta=meta, path=path, format="lamost",
                     wavelength_unit="Angstrom", medium=medium, flux_unit=meta.get("BUNIT"))

@@ -220,7 +220,7 @@ def check_n_components(n_components, n_spectra, n_pixels) -> int:
     if isinstance(n_components, bool) or not isinstance(n_components, Integral):
         raise TypeError(f"n_components must be an integer; got {n_components!r}")
     limit = min(n_spectra, n_pixels)
-    if not 1 <= n_components <= limit:
+    if not 1 <= int(n_components) <= limit:
         raise ValueError(
             f"n_components must be between 1 and min(n_spectra, n_pixels) = {limit} "
             f"(n_samples={n_spectra}, n_features={n_pixels}); got {n_components}"

@@ -892,7 +892,7 @@ def _overwrite_option(parser, help="replace an existing output file"):
 
 def build_parser():
     """The ``specnmf`` argument parser (exposed for documentation and tests)."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog="specnmf",

@@ -20,7 +20,7 @@ from ._params import ParamsMixin
 from ._validation import boolish, dtype_name, in_interval, one_of, path_or_none, random_state
 from ._validation import check_spatial_shape as _check_spatial_shape
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
-from .engine import InMemory, make_engine
+from .engine import make_engine
 from .init import INITS, check_random_state, initial_factors, sequential_start
 from .objective import _chi2
 from .progress import progress_callback
@@ -359,8 +359,7 @@ class SpectralNMF(ParamsMixin):
         penalties = self._penalties(summary.ivar_scale, spatial_shape)
         for p in penalties:
             p.check(self.solver, n, d, in_memory=engine.in_memory)
-        if any(getattr(p, "needs_all_coefficients", False) for p in penalties):
-            engine.block_rows = n  # neighbours must be read as they are updated
+        coupled = any(p.needs_all_coefficients for p in penalties)
 
         def to_xp(a):
             return a if is_numpy_namespace(xp) else asarray(a, xp, dtype=dt, device=device)
@@ -371,13 +370,7 @@ class SpectralNMF(ParamsMixin):
             compiled = is_numpy_namespace(xp) and _kernels.worthwhile(n * d * max(1, max_iter))
             solver = SOLVERS[self.solver](xp, shift=shift, penalties=penalties,
                                            n_components=C.shape[1] if compiled else None)
-            if self.block_size is None and type(engine) is InMemory and is_numpy_namespace(xp) \
-                    and engine.block_rows < n:
-                large = solver.preferred_block_rows(d, C.shape[1])
-                if solver.crops_blocks:
-                    # blocks of spectra sorted by coverage skip the pixels none of them observe
-                    large = engine.choose_block_rows(large, max(16, (3 << 17) // d))
-                engine.block_rows = min(n, large)
+            engine.plan(solver, C.shape[1], coupled=coupled)
             with progress_callback(self.progress, max_iter, callback,
                                    start=kw.get("start_iter", 0),
                                    desc=f"specnmf {self.solver} k={C.shape[1]}") as callback:
@@ -417,7 +410,7 @@ class SpectralNMF(ParamsMixin):
                 else:
                     C, T = initial_factors(
                         self.init, (n, d), k, rng, dt, data_scale=summary.data_scale,
-                        read=(lambda: engine._read(slice(0, n))) if engine.in_memory else None,
+                        read=engine.read_all if engine.in_memory else None,
                         templates=templates, coefficients=coefficients,
                         multiplicative_solver=self.solver if self.solver in MULTIPLICATIVE else None)
                 result = solve(C, T, self.max_iter, self.tol, callback=callback, checkpoint=save)
@@ -526,10 +519,8 @@ class SpectralNMF(ParamsMixin):
                              "spectra to transform")
         penalties = [p for p in self._penalties(getattr(self, "ivar_scale_", 1.0), spatial_shape)
                      if p.acts_on_coefficients]
-        coupled = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
-        if coupled or type(engine) is InMemory:
-            # weighted_nnls blocks its own work; one call avoids its fixed costs per block
-            engine.block_rows = n
+        coupled = any(p.needs_all_coefficients for p in penalties)
+        engine.plan(None, T.shape[0], coupled=coupled)  # from_blocks blocks its own work
         res = coefficients.from_blocks(engine.blocks(), n, T, penalties=penalties,
                                        return_covariance=want_cov)
         return self._transform_outputs(*res, return_uncertainty, return_covariance)

@@ -28,7 +28,7 @@ INITS = ("random", "nndsvd", "nndsvda")
 def check_random_state(seed) -> np.random.Generator:
     """Turn ``None``, an int or a Generator into a ``numpy.random.Generator``."""
     if seed is None or (isinstance(seed, Integral) and not isinstance(seed, bool)):
-        return np.random.default_rng(seed)
+        return np.random.default_rng(None if seed is None else int(seed))
     if isinstance(seed, np.random.Generator):
         return seed
     if isinstance(seed, np.random.RandomState):

@@ -60,12 +60,23 @@ import logging
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
 
-from ._readers import coadd_cameras, ivar_from_variance, read_desi, read_lamost, read_sdss
+from ._readers import (
+    _STRUCTURAL,
+    Spectra,
+    _header_dict,
+    _require_fits,
+    _require_h5py,
+    coadd_cameras,
+    ivar_from_variance,
+    read_desi,
+    read_lamost,
+    read_sdss,
+)
+from ._version import __version__
 
 logger = logging.getLogger("specnmf")
 
@@ -89,68 +100,12 @@ FORMAT_VERSION = 1
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 _NAMES = ("flux", "ivar", "mask", "wavelength")
-# FITS keywords that describe the file's structure, never carried between files
-_STRUCTURAL = {
-    "SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCOUNT", "TFIELDS",
-    "EXTNAME", "EXTVER", "CHECKSUM", "DATASUM", "COMMENT", "HISTORY", "", "BSCALE",
-    "BZERO", "BLANK", "THEAP", "ZIMAGE", "END",
-}
 _MODEL_KEYS = {"SNMFFMT", "SNMFVER", "SNMFCLS", "NCOMP", "SOLVER", "NITER", "CHI2"}
 
 
 # ---------------------------------------------------------------------------
 # spectra
 # ---------------------------------------------------------------------------
-@dataclass
-class Spectra:
-    """Spectra read from a file, in specnmf's orientation.
-
-    Attributes
-    ----------
-    flux : ndarray of shape (n_spectra, n_pixels)
-        Flux; may be negative; may be NaN where ``ivar == 0``.  With
-        ``memmap=True`` a lazily-read array-like (``np.memmap``, FITS memmap or
-        ``h5py.Dataset``) supporting ``shape``, ``dtype`` and row slicing.
-    ivar : ndarray of shape (n_spectra, n_pixels)
-        Inverse variance with masked pixels set to 0 (lazy with ``memmap=True``).
-    wavelength : ndarray of shape (n_pixels,) or None
-        Common wavelength grid, if the file has one.
-    meta : dict
-        Header cards of the file (FITS primary and FLUX headers, HDF5 root
-        attributes), as plain ``{keyword: value}``, without structural keywords.
-    path : str or None
-        The file read.
-    format : str or None
-        The layout read: ``"image"``, ``"table"``, ``"npz"``, ``"npy"``,
-        ``"hdf5"``, ``"sdss"``, ``"desi"``, ``"lamost"`` or ``"cube"``.
-    wavelength_unit : str or None
-        Unit of ``wavelength`` (``"Angstrom"`` for the survey layouts).
-    medium : {"air", "vacuum"} or None
-        Whether ``wavelength`` is in air or vacuum, when the layout says.
-    flux_unit : str or None
-        Unit of ``flux`` (the file's ``BUNIT``), when the file says.
-    spatial_shape : tuple of int or None
-        ``(ny, nx)`` when the file is an IFU cube read as one spectrum per
-        spaxel (row ``y * nx + x``).
-    """
-
-    flux: object
-    ivar: object
-    wavelength: np.ndarray | None = None
-    meta: dict = field(default_factory=dict)
-    path: str | None = None
-    format: str | None = None
-    wavelength_unit: str | None = None
-    medium: str | None = None
-    flux_unit: str | None = None
-    spatial_shape: tuple | None = None
-
-    @property
-    def shape(self):
-        """(n_spectra, n_pixels)."""
-        return tuple(self.flux.shape)
-
-
 class _MaskedIvar:
     """``ivar`` with ``mask != 0`` set to 0, read lazily block by block.
 
@@ -202,41 +157,6 @@ def _native(a, lazy=False):
         raise TypeError(f"expected a numeric array; got dtype {a.dtype}")
     dt = np.float32 if a.dtype == np.float32 else np.float64
     return a.astype(dt)  # always a native-order copy, never a view on the file
-
-
-def _require(module, purpose, extra):
-    """Import an optional dependency, or say which extra installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - astropy and h5py are test dependencies
-        raise ImportError(f"{purpose} needs {module.split('.')[0]}: "
-                          f"pip install 'specnmf[{extra}]'") from exc
-
-
-def _require_fits():
-    return _require("astropy.io.fits", "reading and writing FITS files", "fits")
-
-
-def _require_h5py():
-    return _require("h5py", "reading and writing HDF5 files", "io")
-
-
-def _header_dict(*headers) -> dict:
-    meta = {}
-    for header in headers:
-        if header is None:
-            continue
-        for card in header.cards:
-            key = card.keyword
-            if key in _STRUCTURAL or key.startswith(("NAXIS", "TTYPE", "TFORM", "TDIM", "TUNIT",
-                                                      "TNULL", "TSCAL", "TZERO", "TDISP", "ZNAXIS")):
-                continue
-            value = card.value
-            if isinstance(value, (bool, Integral, Real, str)):
-                meta[key] = value.item() if isinstance(value, np.generic) else value
-    return meta
 
 
 def _common_wavelength(wave, n_pixels, path):
@@ -696,12 +616,6 @@ def _from_json(value):
     return value
 
 
-def _version():
-    from . import __version__
-
-    return __version__
-
-
 def _collect(model):
     """Split a fitted model into (record, arrays): JSON-able record, {key: ndarray}."""
     if not hasattr(model, "get_params"):
@@ -745,7 +659,7 @@ def _collect(model):
     record = {
         "format": "specnmf-model",
         "format_version": FORMAT_VERSION,
-        "specnmf_version": _version(),
+        "specnmf_version": __version__,
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "params": params,
         "attrs": attrs,
@@ -917,7 +831,7 @@ def _check_record(record, path):
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: written in model format {version} by specnmf "
                          f"{record.get('specnmf_version')}, newer than this specnmf "
-                         f"{_version()} reads (format {FORMAT_VERSION}); upgrade specnmf")
+                         f"{__version__} reads (format {FORMAT_VERSION}); upgrade specnmf")
 
 
 def _rebuild(record, arrays, path):
@@ -1045,7 +959,7 @@ def load_model(path):
 
 def model_summary(model) -> dict:
     """A small dict describing a fitted model (used by ``specnmf info``)."""
-    out = {"class": type(model).__name__}
+    out: dict[str, object] = {"class": type(model).__name__}
     out["params"] = model.get_params()
     T = np.asarray(model.templates_)
     out["n_components"], out["n_pixels"] = T.shape

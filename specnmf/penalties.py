@@ -89,6 +89,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from .protocols import PenaltyProtocol
+
 __all__ = [
     "Penalty",
     "Smoothness",
@@ -181,7 +183,7 @@ def _rows_range(rows, n):
     return start, max(start, stop)
 
 
-class Penalty:
+class Penalty(PenaltyProtocol):
     """Base class of the penalties; see the module docstring for the interface.
 
     Subclasses implement ``value``, the ``*_grad_split``, ``*_quadratic`` and

@@ -67,7 +67,7 @@ def assemble_rows(parts, n, xp):
 
 def _residual(solver, T, block, C_rows):
     """``X - C T`` of one block (unshifted data; the clipped data for ``clip``), its templates."""
-    shift = getattr(solver, "shift", 0.0)
+    shift = solver.shift
     X = block.X - shift if shift else block.X
     Tc = T[:, block.cols]
     return X - C_rows @ Tc, Tc

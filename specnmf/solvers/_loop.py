@@ -18,9 +18,20 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from types import ModuleType
 
+from ..protocols import (
+    Array,
+    Block,
+    EngineProtocol,
+    PenaltyProtocol,
+    Rows,
+    SolverProtocol,
+    Stat,
+)
 from . import _health
 
 logger = logging.getLogger("specnmf")
@@ -69,26 +80,35 @@ class FitResult:
     stopped_by_tol: bool = False
 
 
-def _block_pass(solver, T, C_all, rows, block, C_rows):
+def _block_pass(solver: SolverProtocol, T: Array, C_all: Array | None, rows: Rows, block: Block,
+                C_rows: Array) -> tuple[Array, tuple[Stat, ...]]:
     """One block of one iteration (module level, so distributed engines can ship it)."""
     return solver.block_step(block, C_rows, T, rows=rows, C_all=C_all)
 
 
-def _block_chi2(solver, T, rows, block, C_rows):
+def _block_chi2(solver: SolverProtocol, T: Array, rows: Rows, block: Block,
+                C_rows: Array) -> tuple[None, tuple[float]]:
     return None, (solver.block_chi2(block, C_rows, T),)
 
 
-def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
-        callback=None, checkpoint=None, verbose=False, start_iter=0, history=None,
-        solver_state=None, reseed=True):
+#: ``callback(iteration, C, T, terms)``; True stops the fit
+Callback = Callable[[int, Array, Array, dict[str, float]], object]
+#: ``checkpoint(iteration, C, T, history, solver_state)``
+Checkpoint = Callable[[int, Array, Array, dict[str, list[float]], dict[str, object]], object]
+
+
+def run(solver: SolverProtocol, engine: EngineProtocol, C: Array, T: Array, *, max_iter: int,
+        tol: float, patience: int = 1, penalties: Sequence[PenaltyProtocol] = (), xp: ModuleType,
+        callback: Callback | None = None, checkpoint: Checkpoint | None = None,
+        verbose: bool = False, start_iter: int = 0, history: dict[str, list[float]] | None = None,
+        solver_state: Mapping[str, object] | None = None, reseed: bool = True) -> FitResult:
     """Iterate ``solver`` from (C, T) until the stopping rule holds.
 
     Parameters
     ----------
-    solver : object
-        Provides ``block_step``, ``block_chi2``, ``templates_step``, ``state``
-        and ``load_state`` (see docs/architecture.md).
-    engine : specnmf.engine.Engine
+    solver : specnmf.protocols.SolverProtocol
+        The update rules.
+    engine : specnmf.protocols.EngineProtocol
         The data, and the pass over them.
     C, T : arrays of shape (n_spectra, n_components), (n_components, n_pixels)
         Start.  Neither is modified; new arrays are returned.
@@ -118,15 +138,16 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
     -------
     FitResult
     """
-    needs_all = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
+    needs_all = any(p.needs_all_coefficients for p in penalties)
     solver_state = dict(solver_state or {})
     # the loop's own state travels in the solver state of checkpoints
-    n_reseeds = int(solver_state.pop("loop_reseeds", 0))
+    # a number, or a 0-d array read back from a checkpoint
+    n_reseeds = int(solver_state.pop("loop_reseeds", 0))  # type: ignore[call-overload]
     if solver_state:
         solver.load_state(solver_state)
     budget = _health.RESEEDS_PER_COMPONENT * int(C.shape[1])
     # a multiplicative solver cannot move the zero coefficients a penalised re-seed leaves
-    can_reseed = reseed and not (getattr(solver, "multiplicative", False) and penalties)
+    can_reseed = reseed and not (solver.multiplicative and penalties)
     nothing_left = False
 
     def revive(C, T):
@@ -140,7 +161,7 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
             if n_reseeds >= budget:
                 break
             out = _health.reseed(solver, engine, C, T, k, xp, coefficients=not penalties,
-                                 positive=getattr(solver, "multiplicative", False))
+                                 positive=solver.multiplicative)
             if out is None:
                 nothing_left = True
                 break
@@ -155,11 +176,8 @@ def run(solver, engine, C, T, *, max_iter, tol, patience=1, penalties=(), xp,
     def advance(C, T):
         fn = partial(_block_pass, solver, T, C if needs_all else None)
         # solvers with per-spectrum state (APG) send it along with the rows
-        P = solver.row_inputs(C) if hasattr(solver, "row_inputs") else C
-        parts, total = engine.run_pass(solver, fn, P)
-        C_new = _health.assemble_rows(parts, C.shape[0], xp)
-        if hasattr(solver, "row_outputs"):
-            C_new = solver.row_outputs(C_new, C)
+        parts, total = engine.run_pass(solver, fn, solver.row_inputs(C))
+        C_new = solver.row_outputs(_health.assemble_rows(parts, C.shape[0], xp), C)
         T_new = solver.templates_step(T, total[1:], C_new)
         return float(total[0]), C_new, T_new
 

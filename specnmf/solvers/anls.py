@@ -26,13 +26,13 @@ step on the same quadratics instead of solving them.
 from __future__ import annotations
 
 from .. import objective
+from ..protocols import Block, SolverProtocol
 from . import coefficients, gram
-from .multiplicative import Block
 
 __all__ = ["ANLS"]
 
 
-class _Alternating:
+class _Alternating(SolverProtocol):
     """Gram-based alternating solver; subclasses define ``_solve(G, b, F, which, rows)``."""
 
     name = ""
@@ -44,8 +44,7 @@ class _Alternating:
         self._tprod = gram.TemplateProducts()
         # blocks may be cropped to the pixels their spectra observe (see
         # engine.InMemory), unless a penalty reads neighbouring spectra in order
-        self.crops_blocks = not any(getattr(p, "needs_all_coefficients", False)
-                                    for p in self.penalties)
+        self.crops_blocks = not any(p.needs_all_coefficients for p in self.penalties)
 
     def prepare_key(self):
         return ("gram",)
@@ -82,12 +81,6 @@ class _Alternating:
         return diag, lin
 
     # -- the protocol ------------------------------------------------------------
-    def row_inputs(self, C):
-        return C
-
-    def row_outputs(self, P_new, C_old):
-        return P_new
-
     def _split_rows(self, P):
         return P, None
 

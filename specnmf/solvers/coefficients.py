@@ -51,7 +51,7 @@ from .nnls import (
     nnls_gram,
 )
 
-__all__ = ["UncheckedInputError", "from_data", "from_grams", "from_blocks", "unchecked",
+__all__ = ["weighted_nnls", "spectrum_grams", "UncheckedInputError", "from_data", "from_grams", "from_blocks", "unchecked",
            "exact", "coefficient_colours", "coefficient_quadratic", "colour_masks"]
 
 logger = logging.getLogger("specnmf")
@@ -226,7 +226,7 @@ def from_data(X, ivar, templates, *, penalties=(), block_size=None, x0=None,
               return_covariance=False, free_only=False, checked=True, dtype=None):
     """Coefficients minimising chi^2 + coefficient penalties, from the data (numpy arrays).
 
-    The parameters are those of :func:`~specnmf.solvers.nnls.weighted_nnls`
+    The parameters are those of :func:`weighted_nnls`
     (which is this function without penalties), plus ``penalties``: those
     acting on coefficients enter the problem; with any, the spectra are
     solved together (a coupling penalty needs them all in one call) from the
@@ -355,3 +355,94 @@ def unchecked(X, ivar, templates, *, return_covariance=False):
                          checked=False, dtype=np.float64)
     except UncheckedInputError:
         return None
+
+
+def spectrum_grams(X, ivar, templates, *, block_size=None):
+    """Per-spectrum weighted Gram matrices and projections.
+
+    Parameters
+    ----------
+    X, ivar : ndarray of shape (n_spectra, n_pixels)
+        Validated flux and inverse variance (finite, ``ivar >= 0``).
+    templates : ndarray of shape (n_components, n_pixels)
+    block_size : int, optional
+        Spectra per block of work (memory bound only; the result is the same).
+
+    Returns
+    -------
+    G : ndarray of shape (n_spectra, n_components, n_components)
+        ``G_i = T diag(ivar_i) T^T`` (float64): the Fisher matrix of the
+        coefficients of spectrum i.
+    b : ndarray of shape (n_spectra, n_components)
+        ``b_i = T (ivar_i * X_i)``, so that ``chi^2_i(c) = c^T G_i c - 2 b_i^T c
+        + sum_j ivar_ij X_ij^2``.
+    """
+    _, (X, ivar, templates) = to_host(X, ivar, templates)
+    T = check_templates(X, ivar, templates)
+    n, q = X.shape[0], T.shape[0]
+    rows = block_rows(block_size, n, q)
+    G = np.empty((n, q, q))
+    b = np.empty((n, q))
+    for start in range(0, n, rows):
+        sl = slice(start, min(n, start + rows))
+        Gp, b[sl] = gram.row_grams(ivar[sl], T, np, X=X[sl], float64=True)
+        G[sl] = gram.unpack(Gp, q, np)
+    return G, b
+
+
+def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covariance=False,
+                  free_only=False, checked=True, dtype=None):
+    """Exact weighted NNLS coefficients of every spectrum.
+
+    For each spectrum i, ``argmin_{c >= 0} sum_j ivar_ij (X_ij - c @ T[:, j])^2``,
+    computed from the per-spectrum Grams (float64) with
+    :func:`~specnmf.solvers.nnls.nnls_gram`,
+    one block of spectra at a time so that memory stays bounded.  The Grams
+    are formed with small single-threaded matrix products spread over up to
+    4 Python threads.  Spectra whose templates are nearly dependent on their
+    observed pixels are solved from the data with :func:`scipy.optimize.nnls`
+    instead (see the module notes), so the result is exact for any templates.
+    This is :func:`from_data` without penalties.
+
+    Parameters
+    ----------
+    X, ivar : ndarray of shape (n_spectra, n_pixels)
+        Validated flux and inverse variance (finite, ``ivar >= 0``).
+    templates : ndarray of shape (n_components, n_pixels)
+    block_size : int, optional
+        Spectra per block; default about 2e6 / (q^2 + q) (e.g. ~70 000 for
+        q = 5), which bounds the working memory to ~100 MB whatever n_spectra.
+    x0 : ndarray of shape (n_spectra, n_components), optional
+        Warm start for the pivoting (e.g. the previous coefficients).
+    return_covariance : bool, default False
+        Also return :func:`~specnmf.solvers.nnls.nnls_covariance` of each spectrum's coefficients.
+    free_only : bool, default False
+        Passed to :func:`nnls_covariance`.
+    checked : bool, default True
+        Whether X and ivar were validated.  With ``checked=False`` the
+        compiled Gram kernel checks them as it reads them (one pass over the
+        data instead of two) and
+        :class:`UncheckedInputError` is raised
+        if they fail, or if they are not arrays it can check; the caller then
+        validates them properly.
+    dtype : numpy dtype, optional
+        Of the coefficients; default the (floating) dtype of ``X``.
+
+    Returns
+    -------
+    coefficients : ndarray of shape (n_spectra, n_components)
+        A spectrum with no weight gets zeros.
+    covariance : ndarray of shape (n_spectra, n_components, n_components)
+        Only with ``return_covariance=True``.
+    """
+    from ..backends import asarray
+
+    xp, (X, ivar, templates, *rest) = to_host(
+        X, ivar, templates, *(() if x0 is None else (x0,)))
+    coef, cov = from_data(X, ivar, templates, block_size=block_size,
+                          x0=rest[0] if rest else None, return_covariance=return_covariance,
+                          free_only=free_only, checked=checked, dtype=dtype)
+    if xp is not np:
+        coef = asarray(coef, xp)
+        cov = None if cov is None else asarray(cov, xp)
+    return (coef, cov) if return_covariance else coef

@@ -36,10 +36,9 @@ runs fastest on), ``prepare``, ``chi2``, ``block_step`` and
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 from .. import _kernels, objective
 from ..backends import is_numpy_namespace
+from ..protocols import Block
 from . import gram
 
 __all__ = ["Block", "FORMS", "GRAM_MAX_Q", "GramForm", "DenseForm", "FusedForm", "check", "select"]
@@ -51,10 +50,6 @@ FORMS = ("auto", "gram", "dense", "fused")
 #: q^2, dense as q; the crossover measured on a 2-core x86 machine is near 8)
 GRAM_MAX_Q = 8
 
-#: One block of rows: flux, inverse variance, form-specific precomputed data,
-#: and the pixels ``cols`` the block's arrays cover (an engine may crop a block
-#: to the span of pixels its spectra observe; outside it every ivar is 0).
-Block = namedtuple("Block", ["X", "ivar", "aux", "cols"], defaults=(slice(None),))
 
 
 def check(form, xp):

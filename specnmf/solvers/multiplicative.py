@@ -26,8 +26,8 @@ of a fit.
 
 from __future__ import annotations
 
+from ..protocols import Block, SolverProtocol
 from . import forms
-from .forms import Block
 
 __all__ = ["NearlyNMF", "ShiftNMF", "ClipNMF", "ZERO_DIVISION", "Block", "minimal_shift"]
 
@@ -71,7 +71,7 @@ def _add_penalty_split(num, den, splits):
     return num, den
 
 
-class _Multiplicative:
+class _Multiplicative(SolverProtocol):
     """Shared plumbing of the three multiplicative solvers.
 
     The update rules are written once, here and in the subclasses'
@@ -102,8 +102,7 @@ class _Multiplicative:
         self._forms = {}
         # the fused kernel skips each spectrum's unobserved pixels itself
         self.crops_blocks = (self._form(n_components).crops_blocks
-                             and not any(getattr(p, "needs_all_coefficients", False)
-                                         for p in self.penalties))
+                             and not any(p.needs_all_coefficients for p in self.penalties))
 
     def _form(self, q):
         """The form (:mod:`specnmf.solvers.forms`) for q components, chosen once per q."""
@@ -122,7 +121,8 @@ class _Multiplicative:
         return max(8, self._form(n_components).block_elements // max(1, n_pixels))
 
     def prepare_key(self):
-        return (type(self).__name__, getattr(self, "shift", 0.0))
+        # the fused kernel's blocks hold observed spans, the other forms' weighted flux
+        return (type(self).__name__, self.shift, self._form(self.n_components).name == "fused")
 
     # -- penalty hooks ---------------------------------------------------
     def _coef_splits(self, C, T, rows, C_all):

@@ -21,10 +21,10 @@ O(q^3) solve per spectrum, vectorised over all spectra at once.
   acceleration (Lawson & Hanson on the same unit-diagonal problems, with the
   same KKT test) where numba is available; the problems it hands back go to
   the pivoting.
-* :func:`weighted_nnls` solves the problems of weighted spectra from the data
+* :func:`~specnmf.solvers.coefficients.weighted_nnls` solves the problems of weighted spectra from the data
   (the coefficient solver of :mod:`specnmf.solvers.coefficients`, which
   ``SpectralNMF.transform`` uses).
-* :func:`spectrum_grams` returns the Grams themselves
+* :func:`~specnmf.solvers.coefficients.spectrum_grams` returns the Grams themselves
   (:func:`specnmf.solvers.gram.row_grams`), and :func:`nnls_covariance` the
   covariance of the coefficients from them.
 
@@ -60,7 +60,7 @@ dependent on the observed pixels (two templates equal to a relative 1e-6, say:
 whether the pair should share the fit, and :func:`nnls_gram` can miss a
 chi^2 improvement of order 1e-5 relative that a QR-based solver on the data
 finds.  ``return_fragile=True`` reports these problems (a pivot of the
-unit-diagonal Gram below 1e-9); :func:`weighted_nnls`, which has the data,
+unit-diagonal Gram below 1e-9); :func:`~specnmf.solvers.coefficients.weighted_nnls`, which has the data,
 solves them with :func:`scipy.optimize.nnls` on the weighted pixels, so its
 coefficients are exact for any templates (at the speed of scipy for such
 spectra).
@@ -79,7 +79,7 @@ import numpy as np
 from .. import _kernels
 from . import gram
 
-__all__ = ["nnls_gram", "weighted_nnls", "spectrum_grams", "nnls_covariance"]
+__all__ = ["nnls_gram", "nnls_covariance"]
 
 logger = logging.getLogger("specnmf")
 
@@ -326,7 +326,7 @@ def _nnls_chunk(G, b, F0, max_iter, symmetrize=True):
     Returns x of shape (q, m) and, for each problem, the smallest pivot of its
     whole unit-diagonal G' (over the components with ``G_kk > 0``): below
     about 1e-9 the components are so nearly dependent that the Gram has lost
-    digits that can decide the answer (see :func:`weighted_nnls`).
+    digits that can decide the answer (see :func:`~specnmf.solvers.coefficients.weighted_nnls`).
     """
     Gs, bs, s, live = _equilibrate(G, b, symmetrize)
     if F0 is None:
@@ -422,7 +422,7 @@ def nnls_gram(G, b, *, x0=None, max_iter=None, packed=False, return_fragile=Fals
         Also return which problems' unit-diagonal Gram has a pivot below
         1e-9: the normal equations then carry too few digits for an exact
         chi^2, and a caller with the data should re-solve them from it (as
-        :func:`weighted_nnls` does).
+        :func:`~specnmf.solvers.coefficients.weighted_nnls` does).
 
     Returns
     -------
@@ -512,99 +512,6 @@ def hand_off(G, b, x, status, max_iter, x0=None):
     return fragile
 
 
-def spectrum_grams(X, ivar, templates, *, block_size=None):
-    """Per-spectrum weighted Gram matrices and projections.
-
-    Parameters
-    ----------
-    X, ivar : ndarray of shape (n_spectra, n_pixels)
-        Validated flux and inverse variance (finite, ``ivar >= 0``).
-    templates : ndarray of shape (n_components, n_pixels)
-    block_size : int, optional
-        Spectra per block of work (memory bound only; the result is the same).
-
-    Returns
-    -------
-    G : ndarray of shape (n_spectra, n_components, n_components)
-        ``G_i = T diag(ivar_i) T^T`` (float64): the Fisher matrix of the
-        coefficients of spectrum i.
-    b : ndarray of shape (n_spectra, n_components)
-        ``b_i = T (ivar_i * X_i)``, so that ``chi^2_i(c) = c^T G_i c - 2 b_i^T c
-        + sum_j ivar_ij X_ij^2``.
-    """
-    from .coefficients import block_rows, check_templates, to_host
-
-    _, (X, ivar, templates) = to_host(X, ivar, templates)
-    T = check_templates(X, ivar, templates)
-    n, q = X.shape[0], T.shape[0]
-    rows = block_rows(block_size, n, q)
-    G = np.empty((n, q, q))
-    b = np.empty((n, q))
-    for start in range(0, n, rows):
-        sl = slice(start, min(n, start + rows))
-        Gp, b[sl] = gram.row_grams(ivar[sl], T, np, X=X[sl], float64=True)
-        G[sl] = gram.unpack(Gp, q, np)
-    return G, b
-
-
-def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covariance=False,
-                  free_only=False, checked=True, dtype=None):
-    """Exact weighted NNLS coefficients of every spectrum.
-
-    For each spectrum i, ``argmin_{c >= 0} sum_j ivar_ij (X_ij - c @ T[:, j])^2``,
-    computed from the per-spectrum Grams (float64) with :func:`nnls_gram`,
-    one block of spectra at a time so that memory stays bounded.  The Grams
-    are formed with small single-threaded matrix products spread over up to
-    4 Python threads.  Spectra whose templates are nearly dependent on their
-    observed pixels are solved from the data with :func:`scipy.optimize.nnls`
-    instead (see the module notes), so the result is exact for any templates.
-    This is :func:`specnmf.solvers.coefficients.from_data` without penalties.
-
-    Parameters
-    ----------
-    X, ivar : ndarray of shape (n_spectra, n_pixels)
-        Validated flux and inverse variance (finite, ``ivar >= 0``).
-    templates : ndarray of shape (n_components, n_pixels)
-    block_size : int, optional
-        Spectra per block; default about 2e6 / (q^2 + q) (e.g. ~70 000 for
-        q = 5), which bounds the working memory to ~100 MB whatever n_spectra.
-    x0 : ndarray of shape (n_spectra, n_components), optional
-        Warm start for the pivoting (e.g. the previous coefficients).
-    return_covariance : bool, default False
-        Also return :func:`nnls_covariance` of each spectrum's coefficients.
-    free_only : bool, default False
-        Passed to :func:`nnls_covariance`.
-    checked : bool, default True
-        Whether X and ivar were validated.  With ``checked=False`` the
-        compiled Gram kernel checks them as it reads them (one pass over the
-        data instead of two) and
-        :class:`~specnmf.solvers.coefficients.UncheckedInputError` is raised
-        if they fail, or if they are not arrays it can check; the caller then
-        validates them properly.
-    dtype : numpy dtype, optional
-        Of the coefficients; default the (floating) dtype of ``X``.
-
-    Returns
-    -------
-    coefficients : ndarray of shape (n_spectra, n_components)
-        A spectrum with no weight gets zeros.
-    covariance : ndarray of shape (n_spectra, n_components, n_components)
-        Only with ``return_covariance=True``.
-    """
-    from ..backends import asarray
-    from .coefficients import from_data, to_host
-
-    xp, (X, ivar, templates, *rest) = to_host(
-        X, ivar, templates, *(() if x0 is None else (x0,)))
-    coef, cov = from_data(X, ivar, templates, block_size=block_size,
-                          x0=rest[0] if rest else None, return_covariance=return_covariance,
-                          free_only=free_only, checked=checked, dtype=dtype)
-    if xp is not np:
-        coef = asarray(coef, xp)
-        cov = None if cov is None else asarray(cov, xp)
-    return (coef, cov) if return_covariance else coef
-
-
 # --------------------------------------------------------------------------
 # Covariance
 # --------------------------------------------------------------------------
@@ -653,7 +560,7 @@ def nnls_covariance(G, x, *, free_only=False):
     Parameters
     ----------
     G : array-like of shape (n_problems, q, q)
-        Per-spectrum Gram (Fisher) matrices, e.g. from :func:`spectrum_grams`.
+        Per-spectrum Gram (Fisher) matrices, e.g. from :func:`~specnmf.solvers.coefficients.spectrum_grams`.
     x : array-like of shape (n_problems, q)
         The NNLS solutions; only their support (``x > 0``) is used, and only
         with ``free_only=True``.

@@ -38,7 +38,10 @@ def make_toy(n=40, d=30, k=3, missing=0.3, snr=3.0, seed=0):
 
 
 class WeightedStandIn:
-    """Stands in for a solver in engine tests: ``prepare_block`` is all an engine calls."""
+    """Stands in for a solver in engine tests: ``prepare_block`` is all an engine calls
+    (with ``prepare_key`` and ``crops_blocks`` of ``specnmf.protocols.SolverProtocol``)."""
+
+    crops_blocks = False
 
     def prepare_key(self):
         return "weighted"

@@ -16,8 +16,7 @@ distributed = pytest.importorskip("distributed")
 
 from specnmf import SpectralNMF, chi2  # noqa: E402
 from specnmf import _validation as V  # noqa: E402
-from specnmf._dask import DaskEngine  # noqa: E402
-from specnmf.engine import InMemory, make_engine  # noqa: E402
+from specnmf.engine import DaskEngine, InMemory, make_engine  # noqa: E402
 from specnmf.solvers import SOLVERS  # noqa: E402
 
 from .conftest import WeightedStandIn, make_toy, weighted_pass  # noqa: E402

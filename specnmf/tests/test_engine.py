@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from specnmf import SpectralNMF
+from specnmf import SpectralNMF, _kernels
 from specnmf.engine import InMemory, Streamed, make_engine
 
 
@@ -63,3 +63,20 @@ def test_cropped_fit_equals_the_uncropped_fit(solver, tmp_path):
         # the exact solvers pick among equal minima where a spectrum's window barely
         # overlaps a template (near-singular Gram): the objective is what is determined
         np.testing.assert_allclose(cropped.chi2_, plain.chi2_, rtol=1e-8)
+
+
+@pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
+def test_prepared_blocks_are_not_reused_across_forms():
+    # a sequential start past _kernels.MAX_Q components moves one engine from the fused
+    # kernel's uncropped blocks (observed spans) to cropped blocks of the other forms
+    # (weighted flux): the engine must prepare them again, not index one with the other
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 300)) + 3.0
+    ivar = rng.uniform(0.5, 2.0, size=X.shape)
+    k = _kernels.MAX_Q + 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = SpectralNMF(k, init="sequential", max_iter=3, tol=0, random_state=0).fit(
+            X, ivar=ivar)
+    assert model.templates_.shape == (k, 300)
+    assert np.all(np.diff(model.chi2_) <= 1e-9 * model.chi2_[0])

@@ -162,7 +162,7 @@ def test_fused_form_needs_numba(monkeypatch):
 def test_kernel_nnls_equals_the_numpy_solvers(monkeypatch):
     """Compiled Lawson-Hanson, its hand-offs (hard and fragile problems) and the
     numpy block principal pivoting give the same coefficients on every degenerate case."""
-    from specnmf.solvers.nnls import weighted_nnls
+    from specnmf.solvers.coefficients import weighted_nnls
     from specnmf.tests.test_nnls import CASES, make_problem
 
     for case in CASES:

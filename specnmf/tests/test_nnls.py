@@ -9,7 +9,8 @@ from hypothesis.extra import numpy as hnp
 from scipy.optimize import nnls as scipy_nnls
 
 from specnmf.objective import _chi2_rows
-from specnmf.solvers.nnls import nnls_covariance, nnls_gram, spectrum_grams, weighted_nnls
+from specnmf.solvers.coefficients import spectrum_grams, weighted_nnls
+from specnmf.solvers.nnls import nnls_covariance, nnls_gram
 
 
 def scipy_weighted_nnls(X, ivar, T):

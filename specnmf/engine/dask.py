@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
 
 import numpy as np
+import numpy.typing as npt
 
-from . import _validation as V
-from .backends import asarray, is_numpy_namespace
-from .engine import DataSummary, Engine, sum_stats, summarize_block
+from .. import _validation as V
+from ..backends import asarray, is_numpy_namespace
+from ..protocols import Array, BlockFn, PassResult, Rows, SolverProtocol, Stat
+from .base import DataSummary, Engine, _nonempty, sum_stats, summarize_block
 
 logger = logging.getLogger("specnmf")
 
@@ -42,7 +46,8 @@ __all__ = ["DaskEngine", "SPLIT_EVERY"]
 SPLIT_EVERY = 8
 
 
-def _validate_chunk(X_b, ivar_b, dtype, rows):
+def _validate_chunk(X_b: object, ivar_b: object, dtype: npt.DTypeLike,
+                    rows: slice) -> tuple[np.ndarray, np.ndarray]:
     try:
         return V.check_spectra(np.asarray(X_b), None if ivar_b is None else np.asarray(ivar_b),
                                dtype=dtype)
@@ -50,32 +55,37 @@ def _validate_chunk(X_b, ivar_b, dtype, rows):
         raise ValueError(f"spectra {rows.start}..{rows.stop - 1}: {exc}") from None
 
 
-def _summarize_chunk(X_b, ivar_b, dtype, rows):
+def _summarize_chunk(X_b: object, ivar_b: object, dtype: npt.DTypeLike,
+                     rows: slice) -> DataSummary:
     return summarize_block(*_validate_chunk(X_b, ivar_b, dtype, rows))
 
 
-def _run_chunk(solver, fn, rows, X_b, ivar_b, C_b, dtype, xp, device):
+def _run_chunk(solver: SolverProtocol, fn: BlockFn, rows: slice, X_b: object, ivar_b: object,
+               C_b: Array, dtype: npt.DTypeLike, xp: ModuleType,
+               device: object) -> tuple[Array | None, tuple[Stat, ...]]:
     """Worker side of one block: validate, convert, prepare, apply ``fn``."""
-    X_b, ivar_b = _validate_chunk(X_b, ivar_b, dtype, rows)
+    Xv, iv = _validate_chunk(X_b, ivar_b, dtype, rows)
+    Xw: Array = Xv
+    iw: Array = iv
     if not is_numpy_namespace(xp):
-        X_b = asarray(X_b, xp, dtype=dtype, device=device)
-        ivar_b = asarray(ivar_b, xp, dtype=dtype, device=device)
-    part, stats = fn(rows, solver.prepare_block(X_b, ivar_b), C_b)
+        Xw = asarray(Xv, xp, dtype=dtype, device=device)
+        iw = asarray(iv, xp, dtype=dtype, device=device)
+    part, stats = fn(rows, solver.prepare_block(Xw, iw), C_b)
     return part, tuple(stats)
 
 
-def _add_stats(*parts):
+def _add_stats(*parts: tuple[Stat, ...]) -> list[Stat]:
     total = None
     for part in parts:
         total = sum_stats(total, part)
-    return total
+    return _nonempty(total)
 
 
-def _combine_summaries(*parts):
+def _combine_summaries(*parts: DataSummary) -> DataSummary:
     return DataSummary.combine(parts)
 
 
-def _tree(items, combine, split_every):
+def _tree(items: Iterable[object], combine: Callable[..., object], split_every: int) -> object:
     """Reduce delayed ``items`` with ``combine`` in a tree of fan-in ``split_every``.
 
     Consecutive items are combined, so an order-sensitive ``combine`` (such as
@@ -113,8 +123,9 @@ class DaskEngine(Engine):
 
     in_memory = False
 
-    def __init__(self, X, ivar=None, *, dtype, xp=np, block_rows=None, device=None,
-                 split_every=SPLIT_EVERY):
+    def __init__(self, X, ivar=None, *, dtype: npt.DTypeLike, xp: ModuleType = np,
+                 block_rows: int | None = None, device: object = None,
+                 split_every: int = SPLIT_EVERY) -> None:
         import dask.array as da
 
         if not isinstance(X, da.Array):
@@ -145,9 +156,10 @@ class DaskEngine(Engine):
         self.X, self.ivar = X, ivar
         self.split_every = int(split_every)
         self._rechunk(X.chunks[0] if block_rows is None else int(block_rows))
-        super().__init__(n, d, V.check_dtype(dtype), xp, max(self.X.chunks[0]), device)
+        self._block_rows = max(self.X.chunks[0])
+        super().__init__(n, d, V.check_dtype(dtype), xp, self._block_rows, device)
 
-    def _rechunk(self, rows):
+    def _rechunk(self, rows: int | tuple[int, ...]) -> None:
         """Chunks of ``rows`` spectra (an int or a tuple of sizes), whole spectra each."""
         self.X = self.X.rechunk({0: rows, 1: -1})
         if self.ivar is not None:
@@ -156,27 +168,27 @@ class DaskEngine(Engine):
         self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
     @property
-    def block_rows(self):
+    def block_rows(self) -> int:
         """Largest number of spectra per task; setting it rechunks the arrays."""
         return self._block_rows
 
     @block_rows.setter
-    def block_rows(self, value):
+    def block_rows(self, value: int) -> None:
         value = max(1, int(value))
-        if hasattr(self, "_block_rows") and value != self._block_rows:
+        if value != self._block_rows:
             self._rechunk(value)
             value = max(self.X.chunks[0])
         self._block_rows = value
 
-    def row_slices(self):
+    def row_slices(self) -> list[slice]:
         return list(self._slices)
 
-    def _chunks(self):
+    def _chunks(self) -> Iterator[tuple[slice, object, object]]:
         xs = self.X.to_delayed().ravel()
         ivs = [None] * len(xs) if self.ivar is None else self.ivar.to_delayed().ravel()
         return zip(self._slices, xs, ivs)
 
-    def _read(self, rows):
+    def _read(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         import dask
 
         X_b = self.X[rows]
@@ -195,7 +207,7 @@ class DaskEngine(Engine):
             (self._summary,) = dask.compute(_tree(parts, _combine_summaries, self.split_every))
         return self._summary
 
-    def run_pass(self, solver, fn, C):
+    def run_pass(self, solver: SolverProtocol, fn: BlockFn, C: Array) -> PassResult:
         """One pass as one task graph; see the module docstring.
 
         Returns ``[(rows, part), ...]`` in block order and the sum of all
@@ -204,11 +216,13 @@ class DaskEngine(Engine):
         import dask
         from dask import delayed
 
-        parts, stats = [], []
+        parts: list[object] = []
+        stats: list[object] = []
         for rows, X_b, ivar_b in self._chunks():
             part, st = delayed(_run_chunk, nout=2, pure=False)(
                 solver, fn, rows, X_b, ivar_b, C[rows, ...], self.dtype, self.xp, self.device)
             parts.append(part)
             stats.append(st)
-        parts, total = dask.compute(parts, _tree(stats, _add_stats, self.split_every))
-        return list(zip(self._slices, parts)), total
+        computed, total = dask.compute(parts, _tree(stats, _add_stats, self.split_every))
+        rows_parts: list[tuple[Rows, Array | None]] = list(zip(self._slices, computed))
+        return rows_parts, total
