@@ -206,7 +206,7 @@ def test_batched_free_solves_equal_the_active_set_loop(q):
     np.testing.assert_array_equal(out[_kernels.SOLVED][0], out[_kernels._RETRY][0])
     # both paths did real work
     batch = np.zeros(len(b), dtype=np.int8)
-    _kernels._free_rows(G, b, np.zeros(b.shape), batch, 1e-3, 1e-11, 1e3)
+    _kernels._free_rows(G, b, np.zeros(b.shape), batch, _kernels._packed_index(q), 1e-3, 1e-11, 1e3)
     assert np.any(batch == _kernels.SOLVED) and np.any(batch == _kernels._RETRY)
 
 
@@ -223,12 +223,23 @@ def test_auto_form_is_consistent_between_prepare_and_step(n_components):
     np.testing.assert_allclose(T_new, T_r, rtol=1e-12, atol=1e-14)
 
 
-def test_generated_kernels_match_their_generators():
-    # specnmf/_kernels_generated.py is written by _kernels.write_generated(); it must not drift
-    from pathlib import Path
+@pytest.mark.parametrize("q", range(1, _kernels.MAX_Q + 1))
+def test_kernel_source_is_the_template_expanded(q):
+    # every template form is expanded, in the packed order of gram.pairs, the same each time
+    import ast
 
-    path = Path(_kernels.__file__).with_name("_kernels_generated.py")
-    assert path.read_text() == _kernels.generated_source()
+    from specnmf.solvers.gram import pairs
+
+    source = _kernels.kernel_source(q)
+    assert source == _kernels.kernel_source(q)
+    assert "unrolled(" not in source and "sum_k(" not in source and "{" not in source
+    functions = {f.name: f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef)}
+    assert set(functions) == {f"mu_q{q}", f"gram_q{q}"}
+    ku, lu, _ = pairs(q)
+    stores = [f"G[i, {p}] = g{k}_{l}" for p, (k, l) in enumerate(zip(ku, lu))]
+    lines = [line.strip() for line in source.splitlines()]
+    assert [line for line in lines if line.startswith("G[i, ")] == stores
+    assert f"m = {' + '.join(f'c{k} * t{k}' for k in range(q))}" in lines
 
 
 def test_transform_of_any_layout_and_dtype_is_the_same():
