@@ -25,13 +25,10 @@ live in another array namespace.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -222,7 +219,8 @@ def kernel_source(q):
 
     The same template and constants always give the same text.
     """
-    from .solvers.gram import pairs   # not at import: specnmf.solvers imports this module
+    # imported here, not with this module: specnmf.solvers imports this module
+    from .solvers.gram import pairs
 
     ku, lu, _ = pairs(q)
     names = {"q": q, "pairs": list(zip(ku.tolist(), lu.tolist()))}
@@ -284,12 +282,16 @@ def _cache_dirs():
     users, who could plant a file there for specnmf to import: it is used only
     if this user owns it and no one else may write to it.
     """
+    # imported on first kernel use, as the others here: import specnmf does not need them
+    import tempfile
+
     if os.environ.get("SPECNMF_CACHE_DIR"):
         return [(os.environ["SPECNMF_CACHE_DIR"], False)]
     user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    owner = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    shared = hasattr(os, "getuid")   # else (Windows) the temporary directory is the user's own
+    own = f"specnmf-{os.getuid()}" if shared else "specnmf"
     return [(os.path.join(user, "specnmf"), False),
-            (os.path.join(tempfile.gettempdir(), f"specnmf-{owner}"), hasattr(os, "getuid"))]
+            (os.path.join(tempfile.gettempdir(), own), shared)]
 
 
 def _source_file(source, q):
@@ -302,9 +304,11 @@ def _source_file(source, q):
     numba's cache of it, keyed on its time stamp); a new one is written to a
     temporary file and renamed, so that no process sees it half-written.
     """
+    import hashlib
+
     from . import __version__
 
-    key = "\0".join((source, _numba().__version__, __version__))
+    key = f"{source}\0{_numba().__version__}\0{__version__}"
     name = f"kernels_q{q}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.py"
     for directory, private in _cache_dirs():
         path = os.path.join(directory, name)
@@ -344,6 +348,8 @@ def _kernel_functions(q):
     instead of once per process.  Where no file can be written the source is
     run in memory, and the kernels compiled in every process.
     """
+    import importlib.util
+
     source = kernel_source(q)
     path = _source_file(source, q)
     if path is None:
@@ -609,7 +615,8 @@ def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
 def _packed_index(q):
     """``packed[k, e]``: the column of pair (k, e) in the packed Grams, the map of
     :func:`specnmf.solvers.gram.pairs` as a (q, q) array."""
-    from .solvers.gram import pairs   # not at import: specnmf.solvers imports this module
+    # imported here, not with this module: specnmf.solvers imports this module
+    from .solvers.gram import pairs
 
     return pairs(q)[2].reshape(q, q)
 
