@@ -3,8 +3,9 @@ r"""Start-up cost of a new process: import, first ``fit()`` per solver, first ``
     python -m benchmarks.startup [--n 500] [--d 4000] [--q 5] [--max-iter 5]
                                  [--solvers nearly shift clip anls apg] [--out FILE]
 
-numba compiles specnmf's kernels on first use and caches the machine code on
-disk.  This measures, each in a fresh child process, with ``NUMBA_CACHE_DIR``
+specnmf writes its kernels' source to its cache directory on first use, and
+numba compiles them and caches the machine code on disk.  This measures, each
+in a fresh child process, with ``NUMBA_CACHE_DIR`` and ``SPECNMF_CACHE_DIR``
 pointing at a directory of its own:
 
 * **cold**: the directory empty (first process on a machine: compiles);
@@ -86,6 +87,7 @@ def _env(cache_dir):
     env = dict(os.environ)
     env.pop("SPECNMF_DISABLE_NUMBA", None)
     env["NUMBA_CACHE_DIR"] = str(cache_dir)
+    env["SPECNMF_CACHE_DIR"] = str(cache_dir)   # the kernels' expanded source
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
 

@@ -8,14 +8,16 @@ with weight): the coefficient update, the chi^2 of the incoming iterate from
 the residual, and that spectrum's contribution to the template statistics,
 while the spectrum is still in cache.  Survey spectra in a common rest frame
 observe one window each (~60 % of the paper's quasar matrix is missing that
-way), so the spans also skip most of the missing data.  :func:`spectrum_grams`
+way), so the spans also skip most of the missing data.  :func:`checked_row_grams`
 does the same for ``transform``: it checks each spectrum's weights and flux,
 forms its Gram matrix and (optionally) solves its small NNLS problem in one
 read of it.
 
-Loops over the components are unrolled in generated source (one compiled
-function per number of components, made on first use), so the pixel loops
-vectorise with the per-spectrum sums held in registers.  Everything here is
+Loops over the components are unrolled, so that the pixel loops vectorise
+with the per-spectrum sums held in registers: the kernels are written once, in
+the template ``_kernel_template.py.in``, and expanded for a number of
+components on its first use (:func:`kernel_source`), into a file in specnmf's
+cache directory that numba can cache the compiled code of.  Everything here is
 an implementation detail of :mod:`specnmf.solvers`; the numpy/BLAS path
 computes the same quantities and is used when numba is missing or the data
 live in another array namespace.
@@ -25,6 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -37,7 +42,7 @@ numba = _UNSET
 
 logger = logging.getLogger("specnmf")
 
-__all__ = ["available", "worthwhile", "MIN_WORK", "MAX_Q", "spans", "mu_pass", "spectrum_grams", "num_threads"]
+__all__ = ["available", "worthwhile", "MIN_WORK", "MAX_Q", "spans", "mu_pass", "checked_row_grams", "num_threads"]
 
 #: largest number of components with an unrolled kernel (register pressure beyond)
 MAX_Q = 10
@@ -142,75 +147,21 @@ def spans(ivar):
     return lo, hi
 
 
-def _mu_source(q):
-    """Source of the kernel for q components (see :func:`mu_pass` for the arguments)."""
-    ks = range(q)
-    out = []
-    w = out.append
-    w(f"def mu_q{q}(v, x, lo, hi, jlo, jhi, C, T, y, nearly, pnum, pden, zd, zero, Cn, Ab, Db, A, D):")
-    w("    n = v.shape[0]")
-    w("    chi = 0.0")
-    w("    for k in range(Ab.shape[0]):")
-    w("        for j in range(jlo, jhi):")
-    w("            Ab[k, j] = zero")
-    w("            Db[k, j] = zero")
-    w("    for i in range(n):")
-    w("        j0 = lo[i]")
-    w("        j1 = hi[i]")
-    w("        vi = v[i]")
-    w("        xi = x[i]")
-    for k in ks:
-        w(f"        c{k} = C[i, {k}]")
-        w(f"        a{k} = zero")
-        w(f"        e{k} = zero")
-    # a spectrum's chi^2 terms are summed in the data's dtype (in many
-    # partial sums: ~1e-7 relative in float32, as objective.block_chi2), the
-    # spectra in float64: a float64 sum would halve the float32 vector width
-    w("        s = zero")
-    # coefficient step: a = T (v*x), e = T (v*(m + y)), chi2 from the residual
-    w("        for j in range(j0, j1):")
-    for k in ks:
-        w(f"            t{k} = T[{k}, j]")
-    w("            m = " + " + ".join(f"c{k} * t{k}" for k in ks))
-    w("            vj = vi[j]")
-    w("            xj = xi[j]")
-    w("            r = xj - y - m")
-    w("            s += vj * r * r")
-    w("            vx = vj * xj")
-    w("            u = vj * (m + y)")
-    for k in ks:
-        w(f"            a{k} += vx * t{k}")
-        w(f"            e{k} += u * t{k}")
-    w("        chi += s")
-    for k in ks:
-        w("        if nearly:")
-        w(f"            nu = max(a{k}, zero) + pnum[i, {k}]")
-        w(f"            de = e{k} + max(-a{k}, zero) + pden[i, {k}]")
-        w("        else:")
-        w(f"            nu = a{k} + pnum[i, {k}]")
-        w(f"            de = e{k} + pden[i, {k}]")
-        w(f"        c{k} = zd if de == 0 else c{k} * nu / de")
-        w(f"        Cn[i, {k}] = c{k}")
-    # template statistics with the new coefficients, while the row is in cache;
-    # one loop per statistic: with both in one loop LLVM gives up vectorising
-    # it for q >= 6 ("too many memory checks needed"), ~2x slower
-    w("        for j in range(j0, j1):")
-    w("            vx = vi[j] * xi[j]")
-    for k in ks:
-        w(f"            Ab[{k}, j] += vx * c{k}")
-    w("        for j in range(j0, j1):")
-    w("            u = vi[j] * (" + " + ".join(f"c{k} * T[{k}, j]" for k in ks) + " + y)")
-    for k in ks:
-        w(f"            Db[{k}, j] += u * c{k}")
-    w("    for k in range(Ab.shape[0]):")
-    w("        for j in range(jlo, jhi):")
-    w("            A[k, j] = Ab[k, j]")
-    w("            D[k, j] = Db[k, j]")
-    w("    return chi")
-    return "\n".join(out)
-
-
 _CACHE_WARNED = False
+
+
+def _warn_uncached(where):
+    """Log, once per process, that kernels are compiled in every process, and why.
+
+    A warning: the cost, seconds per process, would otherwise go unexplained,
+    and setting a cache directory fixes it.
+    """
+    global _CACHE_WARNED
+    if not _CACHE_WARNED:
+        _CACHE_WARNED = True
+        logger.warning("numba cannot cache specnmf's kernels (%s): they are compiled in every "
+                       "process, which takes seconds; set NUMBA_CACHE_DIR and SPECNMF_CACHE_DIR "
+                       "to a writable directory to cache them", where)
 
 
 def _njit(fn, **options):
@@ -220,43 +171,210 @@ def _njit(fn, **options):
     ``__pycache__`` beside the source, else numba's user-wide cache directory,
     ``~/.cache/numba``), so that a new process loads it in a fraction of a
     second instead of compiling it for seconds.  Where none is writable (a
-    read-only install and no usable home), numba refuses ``cache=True`` when
-    decorating: then the function is compiled in every process, which is
-    logged once per process (a warning: the cost, seconds per process, would
-    otherwise go unexplained, and setting ``NUMBA_CACHE_DIR`` fixes it).
+    read-only install and no usable home), or ``fn`` has no source file,
+    numba refuses ``cache=True`` when decorating: then the function is
+    compiled in every process, which :func:`_warn_uncached` logs.
     """
-    global _CACHE_WARNED
     options = {"nogil": True, "boundscheck": False, **options}
     try:
         return _numba().njit(cache=True, **options)(fn)
     except RuntimeError as exc:   # raised when decorating, not when compiling
         if "cannot cache" not in str(exc):
             raise
-        if not _CACHE_WARNED:
-            _CACHE_WARNED = True
-            logger.warning("numba cannot cache specnmf's kernels (no writable __pycache__ in %s, "
-                           "user cache directory or NUMBA_CACHE_DIR): they are compiled in every "
-                           "process, which takes seconds; set NUMBA_CACHE_DIR to a writable "
-                           "directory to cache them", os.path.dirname(fn.__code__.co_filename))
+        _warn_uncached(f"no writable __pycache__ in {os.path.dirname(fn.__code__.co_filename)}, "
+                       "user cache directory or NUMBA_CACHE_DIR")
     return _numba().njit(**options)(fn)
 
 
-def _jit_kernel(name):
-    """The compiled kernel ``name`` of :mod:`specnmf._kernels_generated`.
+# ---------------------------------------------------------------------------
+# The unrolled kernels: one template, expanded per number of components
+# ---------------------------------------------------------------------------
 
-    The generated sources live in a real module (written by
-    :func:`write_generated`, checked by the tests to match the generators)
-    so that numba can cache the machine code on disk: compiling costs ~1 s
-    per kernel, once per machine instead of once per process.
+_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernel_template.py.in")
+_UNROLLED = re.compile(r"( *)for (.+) in unrolled\((.+)\):")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@lru_cache(maxsize=None)
+def _template():
+    with open(_TEMPLATE, encoding="utf-8") as f:
+        return f.read()
+
+
+def kernel_source(q):
+    """Source of the kernels for ``q`` components: the template expanded.
+
+    The template, ``specnmf/_kernel_template.py.in``, is the kernels' Python
+    source written for any q; three forms in it are expanded:
+
+    * a loop ``for k in unrolled(range(q)):`` (or ``for k, l in unrolled(pairs):``,
+      ``for p, (k, l) in unrolled(enumerate(pairs)):``, over the pairs of the
+      packed Grams, :func:`specnmf.solvers.gram.pairs`) becomes one copy of
+      its body per item, with ``{k}``, ``{l}``, ``{p}`` replaced by the item's
+      values;
+    * ``sum_k(expr)`` becomes ``expr`` for k = 0, ..., q - 1 joined by ``+``;
+    * ``{q}`` and ``{NAME}``, for the constants of this module the kernels use
+      (``GRAM_ROWS``, ``SCAN_BLOCK``, ``BAD_WEIGHTS``, ``BAD_FLUX``), become
+      their values.
+
+    The same template and constants always give the same text.
     """
-    from . import _kernels_generated
+    # imported here, not with this module: specnmf.solvers imports this module
+    from .solvers.gram import pairs
 
-    return _njit(getattr(_kernels_generated, name), fastmath=_FASTMATH)
+    ku, lu, _ = pairs(q)
+    names = {"q": q, "pairs": list(zip(ku.tolist(), lu.tolist()))}
+    values = {"q": q, "GRAM_ROWS": GRAM_ROWS, "SCAN_BLOCK": SCAN_BLOCK,
+              "BAD_WEIGHTS": BAD_WEIGHTS, "BAD_FLUX": BAD_FLUX}
+    return "\n".join(_expand(_template().split("\n"), names, values))
+
+
+def _expand(lines, names, values):
+    """``lines`` of the template with their unrolled loops, sums and placeholders expanded
+    (``names``: what the loops' iterables may use; ``values``: the placeholders')."""
+    out = []
+    i = 0
+    while i < len(lines):
+        loop = _UNROLLED.fullmatch(lines[i])
+        i += 1
+        if not loop:
+            out.append(_fill(lines[i - 1], values))
+            continue
+        indent, target, items = loop.groups()
+        body = []
+        while i < len(lines) and lines[i].startswith(indent + " "):
+            body.append(lines[i])
+            i += 1
+        step = len(body[0]) - len(body[0].lstrip(" ")) - len(indent)
+        body = [indent + line[len(indent) + step:] for line in body]
+        bound = re.findall(r"[A-Za-z_]\w*", target)
+        # the loop's own header, run by Python, binds the placeholders of each copy
+        items = eval(f"[({', '.join(bound)},) for {target} in {items}]",
+                     {"__builtins__": {"range": range, "enumerate": enumerate}}, names)
+        for item in items:
+            out += _expand(body, names, {**values, **dict(zip(bound, item))})
+    return out
+
+
+def _fill(line, values):
+    """``line`` with its ``sum_k(...)`` and ``{name}`` placeholders expanded."""
+    start = line.find("sum_k(")
+    while start >= 0:
+        depth = 0
+        for end in range(start + len("sum_k"), len(line)):
+            depth += {"(": 1, ")": -1}.get(line[end], 0)
+            if depth == 0:
+                break
+        term = line[start + len("sum_k("):end]
+        terms = " + ".join(_fill(term, {**values, "k": k}) for k in range(values["q"]))
+        line = line[:start] + terms + line[end + 1:]
+        start = line.find("sum_k(")
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), line)
+
+
+def _cache_dirs():
+    """Directories for the expanded kernels, in order of preference, and whether
+    each must be private to this user.
+
+    ``SPECNMF_CACHE_DIR`` if set (only it); else the user's cache directory
+    (``$XDG_CACHE_HOME/specnmf`` or ``~/.cache/specnmf``), then a directory of
+    this user's in the temporary directory.  That one is shared with other
+    users, who could plant a file there for specnmf to import: it is used only
+    if this user owns it and no one else may write to it.
+    """
+    # imported on first kernel use, as the others here: import specnmf does not need them
+    import tempfile
+
+    if os.environ.get("SPECNMF_CACHE_DIR"):
+        return [(os.environ["SPECNMF_CACHE_DIR"], False)]
+    user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    shared = hasattr(os, "getuid")   # else (Windows) the temporary directory is the user's own
+    own = f"specnmf-{os.getuid()}" if shared else "specnmf"
+    return [(os.path.join(user, "specnmf"), False),
+            (os.path.join(tempfile.gettempdir(), own), shared)]
+
+
+def _source_file(source, q):
+    """A file holding ``source``, written to the first usable :func:`_cache_dirs`
+    if not there yet; None if none is writable.
+
+    The name holds a hash of the source, numba's version and specnmf's: a
+    changed template (or constant) gives a new file and never loads a stale
+    one.  An existing file is used as it is (rewriting it would invalidate
+    numba's cache of it, keyed on its time stamp); a new one is written to a
+    temporary file and renamed, so that no process sees it half-written.
+    """
+    import hashlib
+
+    from . import __version__
+
+    key = f"{source}\0{_numba().__version__}\0{__version__}"
+    name = f"kernels_q{q}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.py"
+    for directory, private in _cache_dirs():
+        path = os.path.join(directory, name)
+        try:
+            os.makedirs(directory, mode=0o700 if private else 0o777, exist_ok=True)
+            if private:
+                status = os.stat(directory)
+                if status.st_uid != os.getuid() or status.st_mode & 0o022:
+                    continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    if f.read() == source:
+                        return path
+            except FileNotFoundError:
+                pass
+            partial = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+            try:
+                with open(partial, "w", encoding="utf-8") as f:
+                    f.write(source)
+                os.replace(partial, path)
+            finally:
+                if os.path.exists(partial):
+                    os.remove(partial)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+@lru_cache(maxsize=None)
+def _kernel_functions(q):
+    """The Python functions of the kernels for ``q`` components, by name.
+
+    numba caches machine code only for functions with a source file, so the
+    source (:func:`kernel_source`) is written to a file (:func:`_source_file`)
+    and imported from it: compiling costs ~1 s per kernel, once per machine
+    instead of once per process.  Where no file can be written the source is
+    run in memory, and the kernels compiled in every process.
+    """
+    import importlib.util
+
+    source = kernel_source(q)
+    path = _source_file(source, q)
+    if path is None:
+        _warn_uncached("no writable SPECNMF_CACHE_DIR, user cache directory or temporary "
+                       "directory for their source")
+        namespace = {"__name__": f"specnmf_kernels_q{q}"}
+        exec(compile(source, f"<specnmf kernels q={q}>", "exec"), namespace)
+        return namespace
+    name = "specnmf_" + os.path.basename(path)[:-len(".py")]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    # registered: numba's cached code finds its globals by the module's name
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return vars(module)
+
+
+def _jit_kernel(q, name):
+    """The compiled kernel ``name`` (``mu``, ``gram``) for ``q`` components."""
+    return _njit(_kernel_functions(q)[f"{name}_q{q}"], fastmath=_FASTMATH)
 
 
 @lru_cache(maxsize=None)
 def _mu_kernel(q):
-    return _jit_kernel(f"mu_q{q}")
+    return _jit_kernel(q, "mu")
 
 
 def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None,
@@ -335,120 +453,12 @@ GRAM_ROWS = 8
 SCAN_BLOCK = 128
 
 
-def generated_source():
-    """Source of :mod:`specnmf._kernels_generated`: every kernel for q = 1..MAX_Q."""
-    head = ['"""Kernels generated by ``specnmf._kernels.write_generated()``: do not edit.', '',
-            'One function per number of components, with the component loops unrolled;',
-            'specnmf._kernels compiles them with numba on first use.', '"""', '',
-            'import numpy as np', '', f'ROWS = {GRAM_ROWS}']
-    parts = ["\n".join(head)]
-    for q in range(1, MAX_Q + 1):
-        parts += [_mu_source(q), _gram_source(q)]
-    return "\n\n\n".join(parts) + "\n"
-
-
-def write_generated():
-    """Rewrite ``specnmf/_kernels_generated.py`` from the generators (after changing them)."""
-    path = os.path.join(os.path.dirname(__file__), "_kernels_generated.py")
-    with open(path, "w") as f:
-        f.write(generated_source())
-    return path
-
-
-def _gram_source(q):
-    """Source of the per-spectrum Gram kernel for q components (see :func:`spectrum_grams`)."""
-    pairs = [(k, l) for k in range(q) for l in range(k, q)]
-    out = []
-    w = out.append
-    w(f"def gram_q{q}(X, V, T, G, b, flags, lo, hi, touched):")
-    w("    n, d = V.shape")
-    w("    flat = V.reshape(-1)")
-    w("    for r0 in range(0, n, ROWS):")
-    w("        r1 = min(n, r0 + ROWS)")
-    # a sweep over each whole weight row: sign, finiteness and observed span.
-    # The span is tracked per run of SCAN_BLOCK pixels (a nonzero sum: some
-    # weight > 0, the sign being checked anyway), then narrowed to the exact
-    # first and last pixel: half the work of tracking it pixel by pixel
-    w("        for i in range(r0, r1):")
-    w("            vi = V[i]")
-    w("            negative = 0")
-    w("            total = 0.0")
-    w("            first = d")
-    w("            last = 0")
-    w(f"            for c in range(0, d - d % {SCAN_BLOCK}, {SCAN_BLOCK}):")
-    w("                s = 0.0")
-    w(f"                for t in range({SCAN_BLOCK}):")
-    w("                    vj = vi[c + t]")
-    w("                    s += vj")
-    w("                    negative += vj < 0")
-    w("                total += s")
-    w("                if s != 0.0:")
-    w("                    first = min(first, c)")
-    w(f"                    last = c + {SCAN_BLOCK}")
-    w(f"            for j in range(d - d % {SCAN_BLOCK}, d):")
-    w("                vj = vi[j]")
-    w("                total += vj")
-    w("                negative += vj < 0")
-    w("                if vj != 0.0:")
-    w("                    first = min(first, j)")
-    w("                    last = j + 1")
-    w("            if negative or not total < np.inf:")
-    w("                flags[i] = 1")
-    w("                continue")
-    w("            if last > 0:")
-    w("                while vi[first] == 0:")
-    w("                    first += 1")
-    w("                while vi[last - 1] == 0:")
-    w("                    last -= 1")
-    w("                lo[i] = first")
-    w("                hi[i] = last")
-    # then the sums over the spans of those rows, still in cache; the bounds
-    # are read back from (unsigned) arrays, which keeps the loop vectorisable
-    w("        for i in range(r0, r1):")
-    w("            vi = V[i]")
-    w("            xi = X[i]")
-    for k, l in pairs:
-        w(f"            g{k}_{l} = 0.0")
-    for k in range(q):
-        w(f"            b{k} = 0.0")
-    # The sums are arithmetic-bound and the sweep above memory-bound, and one
-    # core does not overlap them by itself: so the sums also load three runs
-    # of the weights of the next rows (about one row's worth), which the next
-    # sweep then finds in cache.  The loads must be used: their sum is stored.
-    w("            span = np.int64(hi[i]) - np.int64(lo[i])")
-    w("            stride = min(span, (n * d - span) // 2)")
-    w("            ahead = max(0, min((i + ROWS) * d, n * d - span - 2 * stride)) - np.int64(lo[i])")
-    w("            ahead0 = flat[max(0, ahead):]")
-    w("            ahead1 = flat[max(0, ahead + stride):]")
-    w("            ahead2 = flat[max(0, ahead + 2 * stride):]")
-    w("            ahead_sum = 0.0")
-    w("            for j in range(lo[i], hi[i]):")
-    w("                vj = np.float64(vi[j])")
-    w("                ahead_sum += np.float64(ahead0[j]) + np.float64(ahead1[j]) + np.float64(ahead2[j])")
-    w("                vx = vj * xi[j] if vj > 0 else 0.0")   # NaN flux where ivar == 0 is allowed
-    for k in range(q):
-        w(f"                t{k} = T[{k}, j]")
-        w(f"                u{k} = vj * t{k}")
-        w(f"                b{k} += vx * t{k}")
-    for k, l in pairs:
-        w(f"                g{k}_{l} += u{k} * t{l}")
-    for idx, (k, l) in enumerate(pairs):
-        w(f"            G[i, {idx}] = g{k}_{l}")
-    for k in range(q):
-        w(f"            b[i, {k}] = b{k}")
-    total = " + ".join(f"b{k}" for k in range(q))
-    w(f"            if not ({total} < np.inf and {total} > -np.inf):")
-    w("                flags[i] = 2")
-    w("            touched[i] = ahead_sum")
-    return "\n".join(out)
-
-
 @lru_cache(maxsize=None)
 def _gram_kernel(q):
-    return _jit_kernel(f"gram_q{q}")
+    return _jit_kernel(q, "gram")
 
 
-def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3),
+def checked_row_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3),
                    kkt=(1e-11, 1e3)):
     """Packed per-spectrum Grams and projections, checking the weights and flux as it goes.
 
@@ -512,7 +522,7 @@ def spectrum_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e-3)
 # Small NNLS problems, one per spectrum, solved where their Grams are made
 # ---------------------------------------------------------------------------
 
-#: status codes of :func:`spectrum_grams` with ``solve=True``
+#: status codes of :func:`checked_row_grams` with ``solve=True``
 SOLVED, BAD_WEIGHTS, BAD_FLUX, HARD, FRAGILE = 0, 1, 2, 3, 4
 #: internal: left by :func:`_free_rows` for the active-set loop
 _RETRY = 5
@@ -602,21 +612,17 @@ def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
     return True
 
 
-@_jit
 def _packed_index(q):
-    """``packed[k, e]``: the column of pair (k, e) in the packed Grams (``numpy.triu_indices`` order)."""
-    packed = np.empty((q, q), dtype=np.int64)
-    p = 0
-    for k in range(q):
-        for e in range(k, q):
-            packed[k, e] = p
-            packed[e, k] = p
-            p += 1
-    return packed
+    """``packed[k, e]``: the column of pair (k, e) in the packed Grams, the map of
+    :func:`specnmf.solvers.gram.pairs` as a (q, q) array."""
+    # imported here, not with this module: specnmf.solvers imports this module
+    from .solvers.gram import pairs
+
+    return pairs(q)[2].reshape(q, q)
 
 
 @_jit
-def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
+def _free_rows(G, b, x, status, packed, hard_pivot, rtol, free_factor):
     """The common case of :func:`_nnls_rows`, many problems at a time.
 
     Solves every problem with all coefficients free, by the same arithmetic
@@ -641,7 +647,6 @@ def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
     xmax = np.empty(_TILE)
     tol = np.empty(_TILE)
     g = np.empty(_TILE)
-    packed = _packed_index(q)
     for t0 in range(0, n, _TILE):
         m = min(_TILE, n - t0)
         for r in range(m):
@@ -726,7 +731,6 @@ def _free_rows(G, b, x, status, hard_pivot, rtol, free_factor):
                 status[i] = _RETRY
 
 
-@_jit
 def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
     """Exact NNLS of every well-conditioned problem (packed Grams G, projections b).
 
@@ -736,6 +740,13 @@ def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
     below ``fragile_pivot`` FRAGILE, for the caller's careful solvers.
     Most problems are solved by :func:`_free_rows` first.
     """
+    _solve_rows(G, b, x, status, _packed_index(b.shape[1]), fragile_pivot, hard_pivot, rtol,
+                free_factor)
+
+
+@_jit
+def _solve_rows(G, b, x, status, packed, fragile_pivot, hard_pivot, rtol, free_factor):
+    """:func:`_nnls_rows` with the packed-Gram index map ``packed`` (:func:`_packed_index`)."""
     n, q = b.shape
     M = np.zeros((q, q))
     A = np.zeros((q, q))
@@ -747,8 +758,7 @@ def _nnls_rows(G, b, x, status, fragile_pivot, hard_pivot, rtol, free_factor):
     live = np.zeros(q, dtype=np.bool_)
     free = np.zeros(q, dtype=np.bool_)
     index = np.zeros(q, dtype=np.int64)
-    packed = _packed_index(q)
-    _free_rows(G, b, x, status, hard_pivot, rtol, free_factor)
+    _free_rows(G, b, x, status, packed, hard_pivot, rtol, free_factor)
     for i in range(n):
         if status[i] != _RETRY:
             continue

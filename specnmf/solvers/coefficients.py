@@ -51,8 +51,9 @@ from .nnls import (
     nnls_gram,
 )
 
-__all__ = ["weighted_nnls", "spectrum_grams", "UncheckedInputError", "from_data", "from_grams", "from_blocks", "unchecked",
-           "exact", "coefficient_colours", "coefficient_quadratic", "colour_masks"]
+__all__ = ["weighted_nnls", "spectrum_grams", "UncheckedInputError", "from_data", "from_grams",
+           "from_blocks", "unchecked", "exact", "coefficient_colours", "coefficient_quadratic",
+           "colour_masks"]
 
 logger = logging.getLogger("specnmf")
 
@@ -280,7 +281,7 @@ def _unpenalised(X, ivar, T, rows, x0, return_covariance, free_only, checked, dt
         if compiled:
             # the compiled acceleration of row_grams and nnls_gram together:
             # each problem is solved while its Gram is in cache
-            G, b, ok, x, status = _kernels.spectrum_grams(
+            G, b, ok, x, status = _kernels.checked_row_grams(
                 X[sl], ivar[sl], T, solve=True, pivots=KERNEL_PIVOTS, kkt=KERNEL_KKT)
             if not ok and not checked:
                 raise UncheckedInputError("X or ivar failed the checks (negative or non-finite "

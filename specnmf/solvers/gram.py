@@ -160,7 +160,7 @@ def _row_grams64(X, ivar, T):
     (validated already) can only fail on an overflow, which the BLAS path then reproduces."""
     q = T.shape[0]
     if kernel_applies(X, ivar, q):
-        G, b, ok = _kernels.spectrum_grams(X, ivar, T)
+        G, b, ok = _kernels.checked_row_grams(X, ivar, T)
         if ok:
             return G, b
     return _grams_tiled(X, ivar, T)

@@ -106,7 +106,7 @@ _CHUNK_ELEMENTS = 1 << 21
 # for a chi^2 exact to 1e-8, and a caller with the data re-solves it by QR.
 _FRAGILE_PIVOT = 1e-9
 # The arguments that make the compiled acceleration (``_kernels._nnls_rows``,
-# ``_kernels.spectrum_grams(solve=True)``) solve this module's problems: it
+# ``_kernels.checked_row_grams(solve=True)``) solve this module's problems: it
 # hands back those with a pivot below the refinement threshold, which it lacks.
 KERNEL_PIVOTS = (_FRAGILE_PIVOT, _REFINE_BELOW)
 KERNEL_KKT = (_KKT_RTOL, _FREE_GRAD_FACTOR)

@@ -74,8 +74,8 @@ def test_thread_count_does_not_change_results():
     two = _kernels.mu_pass(ivar, X, lo, hi, C, T, nearly=True, threads=2)
     for a, b in zip(one, two):
         assert np.array_equal(a, b)
-    g1 = _kernels.spectrum_grams(X, ivar, T, threads=1)
-    g2 = _kernels.spectrum_grams(X, ivar, T, threads=2)
+    g1 = _kernels.checked_row_grams(X, ivar, T, threads=1)
+    g2 = _kernels.checked_row_grams(X, ivar, T, threads=2)
     assert np.array_equal(g1[0], g2[0]) and np.array_equal(g1[1], g2[1])
 
 
@@ -96,7 +96,7 @@ def test_gram_kernel_matches_numpy_and_checks_the_data(q, d):
     ivar[20, :] = -0.0                          # negative zeros are zeros
     ivar[20, d // 2] = 1.0
     X[ivar == 0] = np.nan                       # allowed where ivar == 0
-    G, b, ok = _kernels.spectrum_grams(X, ivar, T)
+    G, b, ok = _kernels.checked_row_grams(X, ivar, T)
     assert ok
     ku, lu = np.triu_indices(q)
     np.testing.assert_allclose(G, ivar @ (T[ku] * T[lu]).T, rtol=1e-13)
@@ -110,7 +110,7 @@ def test_gram_kernel_matches_numpy_and_checks_the_data(q, d):
         bad = array.copy()
         bad[i, j] = value
         args = (X, bad) if array is ivar else (bad, ivar)
-        assert not _kernels.spectrum_grams(*args, T)[2]
+        assert not _kernels.checked_row_grams(*args, T)[2]
 
 
 @pytest.mark.parametrize("solver", ["nearly", "shift", "clip"])
@@ -181,7 +181,7 @@ def test_kernel_nnls_hands_off_hard_problems():
     rng = np.random.default_rng(0)
     T = rng.uniform(0.1, 1.0, (3, 60))
     T[2] = T[0] * (1 + 1e-5 * rng.normal(size=60))       # nearly collinear: pivot ~1e-10
-    G, b, ok, x, status = _kernels.spectrum_grams(np.ascontiguousarray(X), ivar, T, solve=True)
+    G, b, ok, x, status = _kernels.checked_row_grams(np.ascontiguousarray(X), ivar, T, solve=True)
     assert ok and np.any(status != _kernels.SOLVED)
 
 
@@ -192,7 +192,7 @@ def test_batched_free_solves_equal_the_active_set_loop(q):
     X, ivar = _problem(700, 80, q, seed=q)[:2]
     rng = np.random.default_rng(q)
     T = rng.uniform(0.1, 1.0, (q, 80))
-    G, b, ok = _kernels.spectrum_grams(np.ascontiguousarray(X), ivar, T)
+    G, b, ok = _kernels.checked_row_grams(np.ascontiguousarray(X), ivar, T)
     _kernels._compile_helpers()                                 # else _nnls_rows is plain Python
     b[::3] *= rng.choice([-1.0, 1.0], size=(len(b[::3]), q))   # active bounds
     G[::11, 0] = 0                                              # a template without weight
@@ -206,7 +206,7 @@ def test_batched_free_solves_equal_the_active_set_loop(q):
     np.testing.assert_array_equal(out[_kernels.SOLVED][0], out[_kernels._RETRY][0])
     # both paths did real work
     batch = np.zeros(len(b), dtype=np.int8)
-    _kernels._free_rows(G, b, np.zeros(b.shape), batch, 1e-3, 1e-11, 1e3)
+    _kernels._free_rows(G, b, np.zeros(b.shape), batch, _kernels._packed_index(q), 1e-3, 1e-11, 1e3)
     assert np.any(batch == _kernels.SOLVED) and np.any(batch == _kernels._RETRY)
 
 
@@ -223,12 +223,23 @@ def test_auto_form_is_consistent_between_prepare_and_step(n_components):
     np.testing.assert_allclose(T_new, T_r, rtol=1e-12, atol=1e-14)
 
 
-def test_generated_kernels_match_their_generators():
-    # specnmf/_kernels_generated.py is written by _kernels.write_generated(); it must not drift
-    from pathlib import Path
+@pytest.mark.parametrize("q", range(1, _kernels.MAX_Q + 1))
+def test_kernel_source_is_the_template_expanded(q):
+    # every template form is expanded, in the packed order of gram.pairs, the same each time
+    import ast
 
-    path = Path(_kernels.__file__).with_name("_kernels_generated.py")
-    assert path.read_text() == _kernels.generated_source()
+    from specnmf.solvers.gram import pairs
+
+    source = _kernels.kernel_source(q)
+    assert source == _kernels.kernel_source(q)
+    assert "unrolled(" not in source and "sum_k(" not in source and "{" not in source
+    functions = {f.name: f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef)}
+    assert set(functions) == {f"mu_q{q}", f"gram_q{q}"}
+    ku, lu, _ = pairs(q)
+    stores = [f"G[i, {p}] = g{k}_{l}" for p, (k, l) in enumerate(zip(ku, lu))]
+    lines = [line.strip() for line in source.splitlines()]
+    assert [line for line in lines if line.startswith("G[i, ")] == stores
+    assert f"m = {' + '.join(f'c{k} * t{k}' for k in range(q))}" in lines
 
 
 def test_transform_of_any_layout_and_dtype_is_the_same():

@@ -1,12 +1,13 @@
 """Start-up hygiene: what ``import specnmf`` loads, and numba's on-disk cache.
 
-The compiled kernels are cached on disk so that a new process does not
-recompile them (seconds); where no cache location is writable they must still
+The compiled kernels, and their source expanded from the template, are cached
+on disk so that a new process does not rewrite or recompile them (seconds); where no cache location is writable they must still
 work, compiled in the process, with one log line (not one per kernel).
 These tests do not depend on a warm cache: they run in fresh processes with
 cache locations of their own.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -111,7 +112,7 @@ def _read_only_install(tmp_path):
            if k not in ("SPECNMF_DISABLE_NUMBA", "PYTHONPATH", "PYTHONPYCACHEPREFIX")}
     env.update(PYTHONPATH=str(site), NUMBA_CACHE_DIR=str(blocker / "numba"),
                HOME=str(blocker / "home"), XDG_CACHE_HOME=str(blocker / "cache"),
-               PYTHONDONTWRITEBYTECODE="1")
+               SPECNMF_CACHE_DIR=str(blocker / "specnmf"), PYTHONDONTWRITEBYTECODE="1")
     return site, env
 
 
@@ -158,6 +159,7 @@ def test_read_only_install_works_and_logs_once(tmp_path, calls):
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
         written = [p for p in site.rglob("*") if p.suffix in (".nbi", ".nbc")]
+        written += list(tmp_path.rglob("kernels_q*"))
     finally:
         _restore_writable(site)
     lines = [line for line in out.stderr.splitlines() if MESSAGE in line]
@@ -168,3 +170,62 @@ def test_read_only_install_works_and_logs_once(tmp_path, calls):
     np.testing.assert_array_equal(np.load(tmp_path / "T.npy"), model.templates_)
     if calls == "transform":
         np.testing.assert_array_equal(np.load(tmp_path / "C.npy"), model.transform(X, ivar=ivar))
+
+
+def test_kernel_source_file_is_written_once_per_template(tmp_path, monkeypatch):
+    """The expanded kernels go to SPECNMF_CACHE_DIR, named by a hash of their source:
+    written once (a second use finds the file untouched), a new file for a changed
+    template (the old one is never loaded for it), none where nothing is writable."""
+    pytest.importorskip("numba")
+    monkeypatch.setenv("SPECNMF_CACHE_DIR", str(tmp_path / "cache"))
+    source = _kernels.kernel_source(1)
+    path = Path(_kernels._source_file(source, 1))
+    assert path.parent == tmp_path / "cache" and path.read_text() == source
+    stamp = path.stat().st_mtime_ns
+    assert Path(_kernels._source_file(source, 1)) == path and path.stat().st_mtime_ns == stamp
+    template = _kernels._template()
+    monkeypatch.setattr(_kernels, "_template", lambda: template.replace("chi = 0.0", "chi = 0.0 * 1"))
+    changed = _kernels.kernel_source(1)
+    other = Path(_kernels._source_file(changed, 1))
+    assert other != path and other.read_text() == changed
+    assert path.read_text() == source and path.stat().st_mtime_ns == stamp
+    assert sorted((tmp_path / "cache").iterdir()) == sorted([path, other])   # no partial files
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("SPECNMF_CACHE_DIR", str(blocker / "cache"))
+    assert _kernels._source_file(source, 1) is None
+
+
+_CACHED_CHILD = """
+    import json
+    import numpy as np
+    from specnmf import _kernels
+    rng = np.random.default_rng(0)
+    X, ivar, T = rng.normal(size=(20, 30)), rng.uniform(size=(20, 30)), rng.uniform(size=(1, 30))
+    lo, hi = _kernels.spans(ivar)
+    _kernels.mu_pass(ivar, X, lo, hi, rng.uniform(size=(20, 1)), T, nearly=True)
+    _kernels.checked_row_grams(X, ivar, T)
+    kernels = _kernels._mu_kernel(1), _kernels._gram_kernel(1)
+    print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+                      "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
+                      "files": [k.py_func.__code__.co_filename for k in kernels]}))
+"""
+
+
+@pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
+def test_kernels_are_written_and_compiled_once(tmp_path):
+    # a second process finds the expanded source and numba's index and code as the
+    # first left them: it neither rewrites the file nor recompiles the kernels
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=str(ROOT), SPECNMF_CACHE_DIR=str(tmp_path / "specnmf"),
+               NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    first = json.loads(_run(_CACHED_CHILD, env=env, cwd=ROOT).stdout)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    second = json.loads(_run(_CACHED_CHILD, env=env, cwd=ROOT).stdout)
+    assert (first["misses"], first["hits"]) == (2, 0)
+    assert (second["misses"], second["hits"]) == (0, 2)
+    source = Path(first["files"][0])
+    assert first["files"] == second["files"] == [str(source)] * 2
+    assert source.parent == tmp_path / "specnmf" and source.name.startswith("kernels_q1_")
+    assert len([p for p in stamps if p.suffix == ".nbi" and p.name.startswith(source.stem)]) == 2
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
