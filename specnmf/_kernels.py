@@ -35,6 +35,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ._packing import pairs
+
 _UNSET = object()
 #: the numba module (optional accelerator), None where it cannot be imported;
 #: imported by :func:`_numba` on first need, not with specnmf (~0.25 s)
@@ -209,7 +211,7 @@ def kernel_source(q):
 
     * a loop ``for k in unrolled(range(q)):`` (or ``for k, l in unrolled(pairs):``,
       ``for p, (k, l) in unrolled(enumerate(pairs)):``, over the pairs of the
-      packed Grams, :func:`specnmf.solvers.gram.pairs`) becomes one copy of
+      packed Grams, :func:`specnmf._packing.pairs`) becomes one copy of
       its body per item, with ``{k}``, ``{l}``, ``{p}`` replaced by the item's
       values;
     * ``sum_k(expr)`` becomes ``expr`` for k = 0, ..., q - 1 joined by ``+``;
@@ -219,9 +221,6 @@ def kernel_source(q):
 
     The same template and constants always give the same text.
     """
-    # imported here, not with this module: specnmf.solvers imports this module
-    from .solvers.gram import pairs
-
     ku, lu, _ = pairs(q)
     names = {"q": q, "pairs": list(zip(ku.tolist(), lu.tolist()))}
     values = {"q": q, "GRAM_ROWS": GRAM_ROWS, "SCAN_BLOCK": SCAN_BLOCK,
@@ -306,7 +305,7 @@ def _source_file(source, q):
     """
     import hashlib
 
-    from . import __version__
+    from ._version import __version__
 
     key = f"{source}\0{_numba().__version__}\0{__version__}"
     name = f"kernels_q{q}_{hashlib.sha256(key.encode()).hexdigest()[:16]}.py"
@@ -591,15 +590,22 @@ def _cholesky_solve(M, free, rhs, z, A, index):
 
 
 @_jit
-def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
-    """The KKT test of :func:`specnmf.solvers.nnls._kkt` for one problem."""
-    q = M.shape[0]
+def _kkt_tol(bs, x, rtol):
+    """The gradient tolerance of the KKT test, ``rtol * (max|b| + q max|x|)``."""
+    q = bs.shape[0]
     bmax = 0.0
     xmax = 0.0
     for k in range(q):
         bmax = max(bmax, abs(bs[k]))
         xmax = max(xmax, abs(x[k]))
-    tol = rtol * (bmax + q * xmax)
+    return rtol * (bmax + q * xmax)
+
+
+@_jit
+def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
+    """The KKT test of :func:`specnmf.solvers.nnls._kkt` for one problem."""
+    q = M.shape[0]
+    tol = _kkt_tol(bs, x, rtol)
     for k in range(q):
         g = -bs[k]
         for e in range(q):
@@ -614,10 +620,7 @@ def _kkt_ok(M, bs, x, free, live, rtol, free_factor):
 
 def _packed_index(q):
     """``packed[k, e]``: the column of pair (k, e) in the packed Grams, the map of
-    :func:`specnmf.solvers.gram.pairs` as a (q, q) array."""
-    # imported here, not with this module: specnmf.solvers imports this module
-    from .solvers.gram import pairs
-
+    :func:`specnmf._packing.pairs` as a (q, q) array."""
     return pairs(q)[2].reshape(q, q)
 
 
@@ -804,12 +807,7 @@ def _solve_rows(G, b, x, status, packed, fragile_pivot, hard_pivot, rtol, free_f
                 free[k] = False
                 xx[k] = 0.0
             for _ in range(3 * q + 3):
-                bmax = 0.0
-                xmax = 0.0
-                for k in range(q):
-                    bmax = max(bmax, abs(bs[k]))
-                    xmax = max(xmax, abs(xx[k]))
-                tol = rtol * (bmax + q * xmax)
+                tol = _kkt_tol(bs, xx, rtol)
                 best = -1
                 for k in range(q):
                     w[k] = bs[k]

@@ -356,3 +356,35 @@ def resume_state(path, fingerprint, describe):
     logger.info("resuming from %s at iteration %d", path, meta["iteration"])
     return {"C": arrays["C"], "T": arrays["T"], "iteration": int(meta["iteration"]),
             "history": history, "state": state}
+
+
+#: estimator parameters that do not change the iterates, so not part of a fingerprint
+_NOT_IN_FINGERPRINT = ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
+                       "checkpoint_every", "block_size")
+
+
+def for_fit(params, n_spectra, n_pixels, *, resume):
+    """The checkpoint writer and the state to resume from of one fit.
+
+    Parameters
+    ----------
+    params : dict
+        The estimator's ``get_params()``; ``params["checkpoint"]`` is the file.
+    n_spectra, n_pixels : int
+    resume : bool
+        Whether to continue from the file (if it exists).
+
+    Returns
+    -------
+    write : callable or None
+        See :func:`checkpointer`.
+    resumed : dict or None
+        See :func:`resume_state`; None without ``resume`` or without a file.
+    """
+    path = params["checkpoint"]
+    fp = None if path is None else fingerprint(n_spectra, n_pixels, {
+        key: value for key, value in params.items() if key not in _NOT_IN_FINGERPRINT})
+    write = checkpointer(path, params["checkpoint_every"], fp)
+    resumed = (resume_state(path, fp, f"{n_spectra} spectra x {n_pixels} pixels, {params}")
+               if resume else None)
+    return write, resumed

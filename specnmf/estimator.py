@@ -21,19 +21,15 @@ from ._validation import boolish, dtype_name, in_interval, one_of, path_or_none,
 from ._validation import check_spatial_shape as _check_spatial_shape
 from .backends import BACKENDS, asarray, is_numpy_namespace, resolve_backend, to_numpy
 from .engine import make_engine
-from .init import INITS, check_random_state, initial_factors, sequential_start
+from .init import INITS, best_of, check_random_state, initial_factors, sequential_start
 from .objective import _chi2
 from .progress import progress_callback
 from .solvers import MULTIPLICATIVE, SOLVERS, run
+from .solvers.multiplicative import resolve_shift
 
 logger = logging.getLogger("specnmf")
 
 __all__ = ["SpectralNMF"]
-
-
-def _sigma(cov):
-    """1-sigma errors from stacked covariance matrices (n, k, k)."""
-    return np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
 
 
 class SpectralNMF(ParamsMixin):
@@ -59,130 +55,91 @@ class SpectralNMF(ParamsMixin):
     n_components : int
         Number of templates, ``1 <= n_components <= min(n_spectra, n_pixels)``.
     solver : {"nearly", "shift", "clip", "anls", "apg"}, default="nearly"
-        ``"nearly"``: Nearly-NMF (Green & Bailey 2024, eqs. 18-19), the
-        published multiplicative rule.  ``"shift"``: Shift-NMF (eqs. 7-8) with
-        scalar shift ``shift``; slower as the shift grows.  ``"clip"``: the
-        prior-work baseline (negative flux clipped to 0, weighted
-        multiplicative updates of Zhu 2016), biased high where the signal is
-        near 0; for comparisons only (its ``chi2_`` is that of the clipped
-        data, the objective it decreases).  ``"anls"``: exact alternating weighted
-        NNLS, the fastest to converge for few components.  ``"apg"``:
-        alternating accelerated proximal gradient (Xu & Yin 2013) with
-        restart.  All minimise the same objective and never increase it.
+        Nearly-NMF (Green & Bailey 2024, eqs. 18-19); Shift-NMF (eqs. 7-8,
+        shift ``shift``); the clipped baseline (Zhu 2016; comparisons only,
+        biased high near 0, its ``chi2_`` is that of the clipped data); exact
+        alternating NNLS (fastest for few components); accelerated proximal
+        gradient with restart (Xu & Yin 2013).  All minimise the same objective
+        and never increase it: see docs/solvers.md, "Which solver when".
     max_iter : int, default=1000
         Maximum number of iterations (each updates coefficients, then templates).
     tol : float, default=1e-6
-        Stop when the relative decrease of the objective over one iteration
-        falls below ``tol`` (``patience`` times in a row).  ``tol=0`` runs
-        exactly ``max_iter`` iterations.
+        Stop when the objective's relative decrease per iteration falls below
+        ``tol`` (``patience`` times in a row); ``tol=0`` runs ``max_iter``.
     init : {"random", "nndsvd", "nndsvda", "sequential"}, default="random"
-        Start for whichever of templates/coefficients is not given to ``fit``.
-        ``"random"``: seeded uniform values at the data's scale.
-        ``"nndsvd"``: non-negative double SVD of the positive part of the data
-        (missing pixels filled by the pixel's weighted mean); its exact zeros
-        would never move under the multiplicative solvers (``"nearly"``,
-        ``"shift"``, ``"clip"``), so for those it is ``"nndsvda"`` (zeros
-        filled with the mean level; a warning is logged).  ``"sequential"``: the
-        paper's sequential build -- one template (flat start, random
-        coefficients) for 50 iterations, then a flat template and random
-        coefficients are added and all are trained together for 50 more, up
-        to ``n_components``; then the fit proper runs.  Templates come out
-        roughly ordered by explained variance.  ``chi2_`` records the final
-        stage only.
+        Start for whichever factor ``fit`` is not given (:mod:`specnmf.init`):
+        seeded uniform values at the data's scale; NNDSVD of the data's positive
+        part (``"nndsvd"`` becomes ``"nndsvda"``, zeros filled, for the
+        multiplicative solvers, which never move a zero); or the paper's
+        sequential build, one flat template added every ``sequential_iter``
+        iterations (``chi2_`` records the final stage only).
     random_state : int, numpy.random.Generator or None, default=None
         Seed for random starts and restarts.
     dtype : {"float64", "float32"}, default="float64"
-        Working precision.  chi^2 and template statistics are accumulated in
-        float64 whatever the precision.
+        Working precision; chi^2 and template statistics are summed in float64.
     verbose : bool or int, default=False
         Log progress every 10 iterations on the ``"specnmf"`` logger.
     shift : float or None, default=None
-        For ``solver="shift"`` only: the scalar shift y.  ``None`` uses the
-        minimal shift ``-min(X)`` over observed pixels; a larger value is
-        allowed (the paper's Fig. 2 uses 2x and 5x), a smaller one is an error.
+        ``solver="shift"`` only: the shift y; ``None`` is the minimal shift
+        ``-min(X)`` over observed pixels; a smaller value is an error.
     smoothness, sparsity, spatial : float, default=0.0
-        Penalty strengths (:mod:`specnmf.penalties`), >= 0.  ``spatial`` needs
-        ``fit(..., spatial_shape=(ny, nx))`` and all spectra in memory.
+        Penalty strengths, >= 0 (:mod:`specnmf.penalties`); ``spatial`` needs
+        ``fit(..., spatial_shape=(ny, nx))`` and the spectra in memory.
     n_init : int, default=1
-        Number of restarts from different random starts; the fit with the
-        lowest final objective is kept.
+        Random starts; the fit with the lowest final objective is kept.
     patience : int, default=1
         Consecutive iterations below ``tol`` needed to stop.
     block_size : int or None, default=None
-        Spectra per block of the pass over the data.  Sets the peak memory of
-        fits of data on disk (np.memmap, h5py, zarr, FITS memmap) and the task
-        size of Dask fits; ``None`` chooses from the number of pixels.
+        Spectra per block of a pass: the peak memory of fits streamed from disk
+        and the task size of Dask fits; ``None`` chooses from the data.
     backend : {"numpy", "array_api_strict", "cupy", "torch"}, default="numpy"
-        Array library the iterations run on; ``"cupy"``/``"torch"`` keep the
-        data on the GPU across iterations.  Results are numpy arrays.
+        Array library of the iterations (GPU ones keep the data on the device);
+        results are numpy arrays.
     checkpoint : path or None, default=None
-        Write the state of the fit here every ``checkpoint_every`` iterations
+        Write the fit's state here every ``checkpoint_every`` iterations
         (atomically); ``fit(..., resume=True)`` continues from it.
     checkpoint_every : int, default=10
     sequential_iter : int, default=50
         Iterations per stage of ``init="sequential"`` (the paper's ~50).
     progress : bool, default=False
-        Show a progress bar (iteration / ``max_iter``, objective, ETA): tqdm
-        (``tqdm.auto``, a widget in notebooks) when installed, else a text
-        bar on a terminal, else log lines on ``"specnmf.progress"``
-        (:mod:`specnmf.progress`).
+        Progress bar (tqdm if installed; :mod:`specnmf.progress`).
 
     Attributes
     ----------
-    templates_ : ndarray of shape (n_components, n_pixels)
-        Fitted templates.  Pixels with zero weight in every spectrum are 0.
-    components_ : ndarray of shape (n_components, n_pixels)
-        Alias of ``templates_`` (scikit-learn name).
+    templates_, components_ : ndarray of shape (n_components, n_pixels)
+        Fitted templates (0 at pixels no spectrum observes); ``components_`` is
+        scikit-learn's name.
     coefficients_ : ndarray of shape (n_spectra, n_components)
-        Coefficients of the training spectra; 0 for spectra without weight.
-    chi2_ : ndarray of shape (``n_iter_`` + 1,)
-        chi^2 before the first iteration and after each iteration.
-    objective_ : ndarray of shape (``n_iter_`` + 1,)
-        chi^2 plus penalties (equal to ``chi2_`` without penalties).
+        The solver's coefficients of the training spectra (0 without weight).
+    chi2_, objective_ : ndarray of shape (``n_iter_`` + 1,)
+        chi^2, and chi^2 plus penalties, before the first and after each iteration.
     history_ : dict of ndarray
         ``"chi2"`` and each active penalty's value, per iteration.
     n_iter_ : int
-        Iterations run.
     converged_ : bool
-        Whether the ``tol`` criterion stopped the fit at a stationary point,
-        ``stationarity_ <= sqrt(tol)`` (if ``tol`` stopped it elsewhere, a
-        ``ConvergenceWarning`` says so and this is False).
+        Stopped by ``tol`` at a stationary point (``stationarity_ <= sqrt(tol)``).
     stationarity_ : float
-        First-order (KKT) residual of the result: the size of a projected,
-        diagonally scaled gradient step on the objective relative to the
-        factors, 0 exactly at a KKT point, independent of units and of how a
-        component's scale is split (see docs/solvers.md, "Traps").
+        Scale-free first-order (KKT) residual of the result, 0 at a KKT point
+        (docs/solvers.md, "Traps").
     n_reseeds_ : int
-        How many times a dead component (zero template or coefficients) was
-        given a new start from the largest positive residual.
+        Dead components (zero template or coefficients) restarted from the
+        largest positive residual.
     dead_components_ : ndarray of int
-        Components still dead at the end (then a ``ConvergenceWarning`` was issued).
+        Components still dead at the end (a ``ConvergenceWarning`` says so).
     interrupted_ : bool
-        Whether the fit was stopped by Ctrl-C (the model holds the last
-        complete iterate).
+        Stopped by Ctrl-C (the model holds the last complete iterate).
     shift_ : float
-        Shift used by ``solver="shift"`` (0 for the other solvers).
+        The shift of ``solver="shift"`` (else 0).
     ivar_scale_ : float
         Mean observed inverse variance, the unit of the penalties.
-    wavelength_ : ndarray of shape (n_pixels,) or None
-    wavelength_unit_, flux_unit_ : str or None
-        Units of ``wavelength_`` and of the flux (e.g. ``"Angstrom"``), when
-        fitted on a specutils/astropy container or with a ``Quantity``
-        wavelength; ``transform`` checks a container's spectral axis against
-        them (:mod:`specnmf.interop`).
-    spatial_shape_ : tuple or None
+    wavelength_, wavelength_unit_, flux_unit_, spatial_shape_
+        As given to ``fit`` (units from specutils/astropy inputs, :mod:`specnmf.interop`).
     n_features_in_ : int
         Number of pixels seen in ``fit``.
 
-    Notes
-    -----
-    A multiplicative update with a zero denominator sets the entry to 1e-6, as
-    the published code does (:mod:`specnmf.solvers.multiplicative`).
-
     References
     ----------
-    D. Green & S. Bailey, "Algorithms for Non-Negative Matrix Factorization on
-    Noisy Data With Negative Values", IEEE TSP (2024), arXiv:2311.04855.
+    D. Green & S. Bailey, IEEE TSP (2024), arXiv:2311.04855.
     Y. Xu & W. Yin, SIAM J. Imaging Sciences 6, 1758 (2013).
 
     Examples
@@ -276,17 +233,6 @@ class SpectralNMF(ParamsMixin):
                               spatial=self.spatial, spatial_shape=spatial_shape,
                               ivar_scale=ivar_scale)
 
-    def _solver_shift(self, summary):
-        if self.solver != "shift":
-            return 0.0
-        y_min = max(0.0, -summary.min_observed)
-        if self.shift is None:
-            return y_min
-        if self.shift < y_min:
-            raise ValueError(f"shift must be at least the minimal shift -min(X) = {y_min:.6g} "
-                             f"so that X + shift >= 0; got {self.shift!r}")
-        return float(self.shift)
-
     def fit(self, X, y=None, *, ivar=None, templates=None, coefficients=None, wavelength=None,
             spatial_shape=None, resume=False, callback=None):
         """Fit templates and coefficients to the spectra.
@@ -294,39 +240,31 @@ class SpectralNMF(ParamsMixin):
         Parameters
         ----------
         X : array-like of shape (n_spectra, n_pixels)
-            Flux; may be negative.  NaN/inf allowed only where ``ivar == 0``.
-            Arrays on disk (``np.memmap``, h5py/zarr datasets, FITS memmap) are
-            streamed in blocks of ``block_size`` spectra; dask arrays run on
-            the active Dask scheduler.  A specutils ``Spectrum``, astropy
-            ``NDData``/``Quantity`` or hyperspy ``Signal1D`` brings its own
-            ``ivar`` (uncertainty, mask), ``wavelength`` and units
-            (:mod:`specnmf.interop`).
+            Flux, may be negative; NaN/inf only where ``ivar == 0``.  Arrays on
+            disk (``np.memmap``, h5py/zarr datasets, FITS memmap) are streamed
+            in blocks, dask arrays run on the active scheduler; specutils,
+            astropy and hyperspy containers bring their own ``ivar``,
+            ``wavelength`` and units (:mod:`specnmf.interop`).
         y : None
-            Ignored (scikit-learn's target slot, so that ``Pipeline`` and
-            ``GridSearchCV`` can call ``fit(X, y)``).  An array shaped like
-            ``X`` here is an error: pass inverse variances as ``ivar=``.
+            Ignored: scikit-learn's target slot (``Pipeline``, ``GridSearchCV``
+            call ``fit(X, y)``).  An array shaped like ``X`` here is an error.
         ivar : array-like of shape (n_spectra, n_pixels), optional (keyword-only)
-            Inverse variance, >= 0; 0 marks missing pixels.  ``None``: unit
-            weights.  Routed by scikit-learn meta-estimators after
-            ``set_fit_request(ivar=True)``.
-        templates : array-like of shape (n_components, n_pixels), optional
-            Start for the templates (non-negative).
-        coefficients : array-like of shape (n_spectra, n_components), optional
-            Start for the coefficients (non-negative).  If only one of the two
-            is given, the other is initialised with ``init`` and rescaled by
-            weighted least squares to the data.
+            Inverse variance, >= 0, 0 for missing pixels; ``None``: unit weights.
+            Routed by scikit-learn after ``set_fit_request(ivar=True)``.
+        templates, coefficients : array-like, optional
+            Starts, (n_components, n_pixels) and (n_spectra, n_components),
+            non-negative; if only one is given, the other comes from ``init``,
+            rescaled to the data by weighted least squares.
         wavelength : array-like of shape (n_pixels,), optional
-            Kept as ``wavelength_`` (for plots and saved models); the unit of
-            an astropy ``Quantity`` is kept as ``wavelength_unit_``.
+            Kept as ``wavelength_`` (a ``Quantity``'s unit as ``wavelength_unit_``).
         spatial_shape : tuple (ny, nx), optional
-            Grid of the spectra (row = y * nx + x) for the ``spatial`` penalty.
+            Grid of the spectra (row = y * nx + x), for the ``spatial`` penalty.
         resume : bool, default=False
-            Continue from ``checkpoint`` if that file exists (it must match the
-            data's shape and the settings).
+            Continue from ``checkpoint`` if the file exists (same data shape and
+            settings).
         callback : callable, optional
             ``callback(iteration, coefficients, templates, terms)`` after each
-            iteration; ``terms`` maps "chi2" and each penalty to its value.
-            Returning True stops the fit.
+            iteration (``terms``: "chi2" and each penalty); True stops the fit.
 
         Returns
         -------
@@ -355,7 +293,7 @@ class SpectralNMF(ParamsMixin):
 
         summary = engine.scan()
         empty_spectra, empty_pixels = V.warn_empty(summary.empty_spectra, summary.empty_pixels)
-        shift = self._solver_shift(summary)
+        shift = resolve_shift(self.shift, summary.min_observed) if self.solver == "shift" else 0.0
         penalties = self._penalties(summary.ivar_scale, spatial_shape)
         for p in penalties:
             p.check(self.solver, n, d, in_memory=engine.in_memory)
@@ -381,16 +319,9 @@ class SpectralNMF(ParamsMixin):
         save = resumed = None
         if self.checkpoint is not None or resume:
             # imported here: its hashing and zip modules would slow down `import specnmf`
-            from .checkpoint import checkpointer, fingerprint, resume_state
+            from .checkpoint import for_fit
 
-            # the settings that change the iterates identify a checkpoint
-            fp = None if self.checkpoint is None else fingerprint(n, d, {
-                key: value for key, value in self.get_params().items()
-                if key not in ("max_iter", "tol", "patience", "verbose", "progress", "checkpoint",
-                               "checkpoint_every", "block_size")})
-            save = checkpointer(self.checkpoint, self.checkpoint_every, fp)
-            resumed = resume_state(self.checkpoint, fp, f"{n} spectra x {d} pixels, "
-                                   f"{self.get_params()}") if resume else None
+            save, resumed = for_fit(self.get_params(), n, d, resume=resume)
         if resumed is not None:
             result = solve(resumed["C"], resumed["T"], self.max_iter, self.tol,
                            callback=callback, checkpoint=save,
@@ -398,27 +329,20 @@ class SpectralNMF(ParamsMixin):
                            solver_state=resumed["state"])
         else:
             rng = check_random_state(self.random_state)
-            best = None
-            for _ in range(self.n_init):
+
+            def start():
                 if self.init == "sequential" and (templates is None or coefficients is None):
-                    C, T, stopped = sequential_start(
-                        lambda C, T: solve(C, T, self.sequential_iter, 0.0), (n, d), k, rng, dt,
-                        data_scale=summary.data_scale)
-                    if stopped is not None:
-                        best = stopped
-                        break
-                else:
-                    C, T = initial_factors(
-                        self.init, (n, d), k, rng, dt, data_scale=summary.data_scale,
-                        read=engine.read_all if engine.in_memory else None,
-                        templates=templates, coefficients=coefficients,
-                        multiplicative_solver=self.solver if self.solver in MULTIPLICATIVE else None)
-                result = solve(C, T, self.max_iter, self.tol, callback=callback, checkpoint=save)
-                if best is None or result.objective[-1] < best.objective[-1]:
-                    best = result
-                if result.interrupted:
-                    break
-            result = best
+                    return sequential_start(lambda C, T: solve(C, T, self.sequential_iter, 0.0),
+                                            (n, d), k, rng, dt, data_scale=summary.data_scale)
+                return (*initial_factors(
+                    self.init, (n, d), k, rng, dt, data_scale=summary.data_scale,
+                    read=engine.read_all if engine.in_memory else None,
+                    templates=templates, coefficients=coefficients,
+                    multiplicative_solver=self.solver if self.solver in MULTIPLICATIVE else None),
+                    None)
+
+            result = best_of(self.n_init, start, lambda C, T: solve(
+                C, T, self.max_iter, self.tol, callback=callback, checkpoint=save))
 
         C = np.array(to_numpy(result.coefficients), dtype=dt, copy=True)
         T = np.array(to_numpy(result.templates), dtype=dt, copy=True)
@@ -460,40 +384,29 @@ class SpectralNMF(ParamsMixin):
         """Coefficients of (new) spectra with the templates fixed.
 
         The exact minimiser over non-negative coefficients of chi^2 plus the
-        model's penalties that act on coefficients (weighted NNLS per
-        spectrum; a ``spatial`` penalty couples neighbouring spectra and is
-        solved by red-black sweeps to convergence).
+        model's coefficient penalties (weighted NNLS per spectrum; a
+        ``spatial`` penalty couples neighbours: red-black sweeps to
+        convergence), by :mod:`specnmf.solvers.coefficients`.
 
         Parameters
         ----------
         X : array-like of shape (n_spectra, n_pixels)
-            As in :meth:`fit` (arrays on disk are streamed); ``n_pixels`` must
-            equal ``n_features_in_``.
+            As in :meth:`fit`, with ``n_pixels == n_features_in_``.
         ivar : array-like of shape (n_spectra, n_pixels), optional (keyword-only)
             Inverse variance (0 = missing); ``None``: unit weights.
-        return_uncertainty : bool, default=False
-            Also return 1-sigma errors of the coefficients.
-        return_covariance : bool, default=False
-            Also return their covariance matrices, of shape (n_spectra, k, k).
+        return_uncertainty, return_covariance : bool, default=False
+            Also return 1-sigma errors, of shape (n_spectra, n_components), and
+            covariance matrices, (n_spectra, n_components, n_components), from
+            the Fisher matrix ``T diag(ivar_i) T^T`` (plus the penalties'
+            curvature) at the solution, inverted in full even for coefficients
+            at 0 (:func:`specnmf.solvers.nnls.nnls_covariance`).
         spatial_shape : tuple (ny, nx), optional
             Grid of the new spectra, for a model fitted with ``spatial > 0``.
 
         Returns
         -------
         coefficients : ndarray of shape (n_spectra, n_components)
-        sigma : ndarray of shape (n_spectra, n_components)
-            If ``return_uncertainty``.
-        covariance : ndarray of shape (n_spectra, n_components, n_components)
-            If ``return_covariance``.
-
-        Notes
-        -----
-        Uncertainties come from the weighted Fisher matrix at the solution,
-        ``F_i = T diag(ivar_i) T^T`` (plus the penalties' curvature, a Gaussian
-        prior), as ``cov = F^-1``: the full inverse, i.e. the error each
-        coefficient would have without the bound, for coefficients at 0 too
-        (see :func:`specnmf.solvers.nnls.nnls_covariance`).  Singular F (a
-        template with no weight in a spectrum) uses the pseudo-inverse.
+            Followed by ``sigma`` and ``covariance`` when asked for.
         """
         from .solvers import coefficients
 
@@ -505,7 +418,8 @@ class SpectralNMF(ParamsMixin):
         res = (None if self.smoothness > 0 or self.sparsity > 0 or self.spatial > 0
                else coefficients.unchecked(X, ivar, T, return_covariance=want_cov))
         if res is not None:
-            return self._transform_outputs(*res, return_uncertainty, return_covariance)
+            return coefficients.outputs(*res, self.templates_.dtype, return_uncertainty,
+                                        return_covariance)
         engine = make_engine(X, ivar, block_size=self.block_size, dtype=self.templates_.dtype)
         if engine.n_pixels != self.n_features_in_:
             raise ValueError(f"X has {engine.n_pixels} features, but {type(self).__name__} is "
@@ -523,14 +437,8 @@ class SpectralNMF(ParamsMixin):
         engine.plan(None, T.shape[0], coupled=coupled)  # from_blocks blocks its own work
         res = coefficients.from_blocks(engine.blocks(), n, T, penalties=penalties,
                                        return_covariance=want_cov)
-        return self._transform_outputs(*res, return_uncertainty, return_covariance)
-
-    def _transform_outputs(self, C, cov, return_uncertainty, return_covariance):
-        """``transform``'s return value in the model's dtype, from float64 coefficients and covariance."""
-        dt = self.templates_.dtype
-        out = (C, _sigma(cov) if return_uncertainty else None, cov if return_covariance else None)
-        out = tuple(a.astype(dt, copy=False) for a in out if a is not None)
-        return out[0] if len(out) == 1 else out
+        return coefficients.outputs(*res, self.templates_.dtype, return_uncertainty,
+                                        return_covariance)
 
     def inverse_transform(self, coefficients):
         """Model spectra ``coefficients @ templates_``, of shape (n_spectra, n_pixels)."""

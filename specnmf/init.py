@@ -20,7 +20,7 @@ from .backends import to_numpy
 logger = logging.getLogger("specnmf")
 
 __all__ = ["check_random_state", "random_init", "nndsvd_init", "filled_positive",
-           "initial_factors", "sequential_start", "INITS"]
+           "initial_factors", "sequential_start", "best_of", "INITS"]
 
 INITS = ("random", "nndsvd", "nndsvda")
 
@@ -219,3 +219,34 @@ def sequential_start(train, shape, n_components, rng, dtype, *, data_scale):
             return None, None, result
         C, T = to_numpy(result.coefficients), to_numpy(result.templates)
     return C, T, None
+
+
+def best_of(n_init, start, fit):
+    """The best of ``n_init`` fits from fresh starts.
+
+    Parameters
+    ----------
+    n_init : int
+    start : callable
+        ``start() -> (C, T, stopped)``: a new start, or ``(None, None, result)``
+        when making it was interrupted (as :func:`sequential_start` returns).
+    fit : callable
+        ``fit(C, T) -> FitResult``.
+
+    Returns
+    -------
+    FitResult
+        The fit with the lowest final objective; an interrupted start or fit
+        ends the search (an interrupted start is returned as it is).
+    """
+    best = None
+    for _ in range(n_init):
+        C, T, stopped = start()
+        if stopped is not None:
+            return stopped
+        result = fit(C, T)
+        if best is None or result.objective[-1] < best.objective[-1]:
+            best = result
+        if result.interrupted:
+            break
+    return best

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._packing import quad_form
 from .backends import get_namespace
 
 __all__ = ["chi2", "chi2_per_spectrum", "reduced_chi2"]
@@ -109,8 +110,6 @@ def chi2_from_grams(vx2, a, Gp, C, xp):
     float64 only: its cancellation costs ~1e-16 of ``sum ivar*X^2``, ~1e-7 in
     float32, where callers use :func:`block_chi2` instead.
     """
-    from .solvers.gram import quad_form
-
     return float(xp.sum(vx2) - 2 * xp.sum(C * a) + xp.sum(quad_form(Gp, C, xp)))
 
 

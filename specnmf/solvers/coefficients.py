@@ -52,8 +52,8 @@ from .nnls import (
 )
 
 __all__ = ["weighted_nnls", "spectrum_grams", "UncheckedInputError", "from_data", "from_grams",
-           "from_blocks", "unchecked", "exact", "coefficient_colours", "coefficient_quadratic",
-           "colour_masks"]
+           "from_blocks", "unchecked", "outputs", "exact", "coefficient_colours",
+           "coefficient_quadratic", "colour_masks"]
 
 logger = logging.getLogger("specnmf")
 
@@ -363,9 +363,8 @@ def spectrum_grams(X, ivar, templates, *, block_size=None):
 
     Parameters
     ----------
-    X, ivar : ndarray of shape (n_spectra, n_pixels)
-        Validated flux and inverse variance (finite, ``ivar >= 0``).
-    templates : ndarray of shape (n_components, n_pixels)
+    X, ivar, templates
+        As in :func:`weighted_nnls`.
     block_size : int, optional
         Spectra per block of work (memory bound only; the result is the same).
 
@@ -447,3 +446,13 @@ def weighted_nnls(X, ivar, templates, *, block_size=None, x0=None, return_covari
         coef = asarray(coef, xp)
         cov = None if cov is None else asarray(cov, xp)
     return (coef, cov) if return_covariance else coef
+
+
+def outputs(C, cov, dtype, return_uncertainty, return_covariance):
+    """What ``transform`` returns, in ``dtype``: the coefficients, then the 1-sigma
+    errors (square roots of the covariance's diagonal) and the covariance if asked."""
+    sigma = (np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
+             if return_uncertainty else None)
+    out = tuple(a.astype(dtype, copy=False)
+                for a in (C, sigma, cov if return_covariance else None) if a is not None)
+    return out[0] if len(out) == 1 else out

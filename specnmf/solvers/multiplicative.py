@@ -29,7 +29,8 @@ from __future__ import annotations
 from ..protocols import Block, SolverProtocol
 from . import forms
 
-__all__ = ["NearlyNMF", "ShiftNMF", "ClipNMF", "ZERO_DIVISION", "Block", "minimal_shift"]
+__all__ = ["NearlyNMF", "ShiftNMF", "ClipNMF", "ZERO_DIVISION", "Block", "minimal_shift",
+           "resolve_shift"]
 
 #: Value given to an entry whose update has a zero denominator (published code: 1e-6).
 ZERO_DIVISION = 1e-6
@@ -255,3 +256,18 @@ def minimal_shift(X, ivar):
     if observed.size == 0:
         return 0.0
     return float(max(0.0, -np.min(observed)))
+
+
+def resolve_shift(shift, min_observed):
+    """The shift of a Shift-NMF fit: ``shift``, or the minimal one if None.
+
+    ``min_observed`` is the smallest observed flux (``DataSummary.min_observed``);
+    a shift below ``-min_observed`` would leave ``X + shift`` negative: an error.
+    """
+    y_min = max(0.0, -float(min_observed))
+    if shift is None:
+        return y_min
+    if shift < y_min:
+        raise ValueError(f"shift must be at least the minimal shift -min(X) = {y_min:.6g} "
+                         f"so that X + shift >= 0; got {shift!r}")
+    return float(shift)

@@ -413,7 +413,7 @@ def nnls_gram(G, b, *, x0=None, max_iter=None, packed=False, return_fragile=Fals
         Pivoting steps before the fallback; default ``max(50, 10 q)``.
     packed : bool, default False
         ``G`` holds the upper triangles, row by row (the order of
-        ``numpy.triu_indices(q)``, :func:`specnmf.solvers.gram.pairs`).  Such
+        ``numpy.triu_indices(q)``, :func:`specnmf._packing.pairs`).  Such
         problems (made by the million by :mod:`specnmf.redshift`) are solved
         by the compiled acceleration where numba is available (q <= 10): the
         same unit-diagonal problems and KKT test, by Lawson & Hanson; those
