@@ -197,6 +197,15 @@ class Penalty(PenaltyProtocol):
     acts_on_templates = False
     acts_on_coefficients = False
     needs_all_coefficients = False
+    def __init__(self, strength, ivar_scale=1.0):
+        self.strength = _check_strength(strength, self.name)
+        self.ivar_scale = _check_ivar_scale(ivar_scale)
+        self._lam = self.strength * self._ivar_weight(self.ivar_scale)
+
+    @staticmethod
+    def _ivar_weight(ivar_scale):
+        """How ``ivar_scale`` enters the weight: as it is, for a penalty quadratic in the flux."""
+        return ivar_scale
 
     def templates_grad(self, C, T, xp):
         pos, neg = self.templates_grad_split(C, T, xp)
@@ -247,7 +256,7 @@ class Smoothness(Penalty):
     Parameters
     ----------
     strength : float
-        ``lambda >= 0``.
+        ``lambda >= 0``, the weight of the squared differences.
     ivar_scale : float, default=1.0
         ``s``, the mean of the observed inverse variance, so that ``strength``
         is dimensionless.
@@ -274,11 +283,6 @@ class Smoothness(Penalty):
     name = "smoothness"
     acts_on_templates = True
     acts_on_coefficients = True
-
-    def __init__(self, strength, ivar_scale=1.0):
-        self.strength = _check_strength(strength, "smoothness")
-        self.ivar_scale = _check_ivar_scale(ivar_scale)
-        self._lam = self.strength * self.ivar_scale
 
     def value(self, C, T, xp):
         total = xp.sum(xp.sum(_f64(C, xp) ** 2, axis=0) * _squared_differences(T, xp))
@@ -336,10 +340,9 @@ class Sparsity(Penalty):
 
     Parameters
     ----------
-    strength : float
-        ``lambda >= 0``.
-    ivar_scale : float, default=1.0
-        ``s``, the mean of the observed inverse variance.
+    strength, ivar_scale : float
+        ``lambda >= 0``, the weight of the L1 norms, and ``s`` (default 1.0), as
+        for :class:`Smoothness`.
 
     Notes
     -----
@@ -353,10 +356,9 @@ class Sparsity(Penalty):
     acts_on_templates = True
     acts_on_coefficients = True
 
-    def __init__(self, strength, ivar_scale=1.0):
-        self.strength = _check_strength(strength, "sparsity")
-        self.ivar_scale = _check_ivar_scale(ivar_scale)
-        self._lam = self.strength * math.sqrt(self.ivar_scale)
+    @staticmethod
+    def _ivar_weight(ivar_scale):
+        return math.sqrt(ivar_scale)   # linear in the flux, where chi^2 is quadratic
 
     def value(self, C, T, xp):
         total = xp.sum(xp.sum(_f64(C, xp), axis=0) * xp.sum(_f64(T, xp), axis=1))
@@ -399,10 +401,9 @@ class Spatial(Penalty):
 
     Parameters
     ----------
-    strength : float
-        ``lambda >= 0``.
-    ivar_scale : float, default=1.0
-        ``s``, the mean of the observed inverse variance.
+    strength, ivar_scale : float
+        ``lambda >= 0``, the weight of the neighbour differences, and ``s``
+        (default 1.0), as for :class:`Smoothness`.
     shape : tuple of int (ny, nx)
         The grid; the data must have ``ny * nx`` spectra, all in memory.
 
@@ -425,10 +426,8 @@ class Spatial(Penalty):
     needs_all_coefficients = True
 
     def __init__(self, strength, ivar_scale=1.0, *, shape):
-        self.strength = _check_strength(strength, "spatial")
-        self.ivar_scale = _check_ivar_scale(ivar_scale)
+        super().__init__(strength, ivar_scale)
         self.shape = _check_shape(shape)
-        self._lam = self.strength * self.ivar_scale
 
     def __repr__(self):
         return (f"Spatial(strength={self.strength!r}, ivar_scale={self.ivar_scale!r}, "
