@@ -75,6 +75,7 @@ import numpy as np
 from ._validation import check_spectra
 from .objective import problem_chi2_from_grams, spectrum_chi2
 from .solvers import gram
+from .solvers.coefficients import from_pixels
 from .solvers.nnls import nnls_gram
 
 __all__ = [
@@ -576,7 +577,7 @@ class _Scanner:
         A = np.stack([_rebin(self.T, self.tw, self.F, self.edges, zz)[:, obs] for zz in z])
         wo, xo = w[obs], x[obs]
         if from_data:
-            c = np.array([_data_solve(Am, wo, xo, self.nnls) for Am in A])
+            c = np.array([from_pixels(xo, wo, Am, nonnegative=self.nnls) for Am in A])
         else:
             G = (A * wo) @ np.transpose(A, (0, 2, 1))
             b = A @ (wo * xo)
@@ -586,7 +587,7 @@ class _Scanner:
             else:
                 c, fragile = _lstsq_gram(G, b, return_fragile=True)
             for m in np.flatnonzero(fragile):
-                c[m] = _data_solve(A[m], wo, xo, self.nnls)
+                c[m] = from_pixels(xo, wo, A[m], nonnegative=self.nnls)
         r = xo - np.einsum("mk,mkj->mj", c, A)
         return c, spectrum_chi2(r, wo[None, :], np)
 
@@ -615,22 +616,6 @@ def _lstsq_gram(G, b, return_fragile=False):
     if return_fragile:
         return c * s, np.linalg.eigvalsh(Gs)[:, 0] < _FRAGILE_PCA
     return c * s
-
-
-def _data_solve(A, w, x, nonnegative):
-    """Coefficients from the weighted pixels: A (q, n_obs), templates scaled to unit norm."""
-    from scipy.optimize import nnls
-
-    sw = np.sqrt(w)
-    M = (A * sw).T
-    norm = np.linalg.norm(M, axis=0)
-    scale = np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0)
-    y = x * sw
-    if nonnegative:
-        c = nnls(M * scale, y, maxiter=50 * max(A.shape[0], 3))[0]
-    else:
-        c = np.linalg.lstsq(M * scale, y, rcond=None)[0]
-    return c * scale
 
 
 # ---------------------------------------------------------------------------

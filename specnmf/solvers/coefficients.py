@@ -52,7 +52,7 @@ from .nnls import (
 )
 
 __all__ = ["weighted_nnls", "spectrum_grams", "UncheckedInputError", "from_data", "from_grams",
-           "from_blocks", "unchecked", "outputs", "exact", "coefficient_colours",
+           "from_blocks", "from_pixels", "unchecked", "outputs", "exact", "coefficient_colours",
            "coefficient_quadratic", "colour_masks"]
 
 logger = logging.getLogger("specnmf")
@@ -299,7 +299,7 @@ def _unpenalised(X, ivar, T, rows, x0, return_covariance, free_only, checked, dt
             logger.debug("weighted_nnls: %d spectra with near-singular Grams solved "
                          "with scipy.optimize.nnls on the weighted data", fragile.size)
             for i in fragile:
-                x[i] = _data_nnls(X[start + i], ivar[start + i], T)
+                x[i] = from_pixels(X[start + i], ivar[start + i], T)
         coef[sl] = x / t_scale
         if return_covariance:
             cb = nnls_covariance(gram.unpack(G, q, np), x, free_only=free_only)
@@ -307,20 +307,41 @@ def _unpenalised(X, ivar, T, rows, x0, return_covariance, free_only, checked, dt
     return coef, cov
 
 
-def _data_nnls(x, ivar, T):
-    """One spectrum by :func:`scipy.optimize.nnls` on its weighted pixels."""
+def from_pixels(x, ivar, T, *, nonnegative=True):
+    """Coefficients of one spectrum solved on its weighted pixels, not from its Gram.
+
+    For the problems whose Gram is too ill-conditioned to trust (nearly
+    dependent templates on the observed pixels): :func:`scipy.optimize.nnls`
+    (or least squares, ``nonnegative=False``) on ``sqrt(ivar) x`` with the
+    templates scaled to unit weighted norm.
+
+    Parameters
+    ----------
+    x, ivar : ndarray of shape (n_pixels,)
+    T : ndarray of shape (n_components, n_pixels)
+    nonnegative : bool, default=True
+
+    Returns
+    -------
+    ndarray of shape (n_components,)
+        Zeros for a spectrum without weight, and for templates without weight in it.
+    """
     w = np.sqrt(np.asarray(ivar, dtype=np.float64))
     obs = w > 0
     if not obs.any():
         return np.zeros(T.shape[0])
     A = (T[:, obs] * w[obs]).T
+    y = np.asarray(x[obs], dtype=np.float64) * w[obs]
+    norm = np.linalg.norm(A, axis=0)
+    scale = np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0)
+    if not nonnegative:
+        return np.linalg.lstsq(A * scale, y, rcond=None)[0] * scale
     try:
-        c, _ = _scipy_nnls(A, np.asarray(x[obs], dtype=np.float64) * w[obs],
-                           maxiter=50 * max(T.shape[0], 3))
+        c, _ = _scipy_nnls(A * scale, y, maxiter=50 * max(T.shape[0], 3))
     except RuntimeError:  # pragma: no cover - scipy's own iteration limit
-        G = A.T @ A
-        c = nnls_gram(G, A.T @ (np.asarray(x[obs], dtype=np.float64) * w[obs]))
-    return c
+        As = A * scale
+        c = nnls_gram(As.T @ As, As.T @ y)
+    return c * scale
 
 
 def from_blocks(blocks, n, templates, *, penalties=(), return_covariance=False):
