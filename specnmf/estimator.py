@@ -35,20 +35,11 @@ __all__ = ["SpectralNMF"]
 class SpectralNMF(ParamsMixin):
     r"""Non-negative templates from noisy, weighted, masked, signed spectra.
 
-    Finds coefficients :math:`C \ge 0` of shape (n_spectra, n_components) and
-    templates :math:`T \ge 0` of shape (n_components, n_pixels) minimising
-
-    .. math::
-
-        \chi^2(C, T) + P(C, T), \qquad
-        \chi^2(C, T) = \sum_{ij} \mathrm{ivar}_{ij}\,(X_{ij} - [C T]_{ij})^2 ,
-
-    where ``X`` may be negative (noise), ``ivar == 0`` marks missing data and
-    ``P`` are the optional penalties (``smoothness``, ``sparsity``,
-    ``spatial``; defined in :mod:`specnmf.penalties`), each invariant under
-    rescaling a component and measured in units of the mean observed ``ivar``,
-    so their strengths do not depend on flux units.  Nothing is clipped:
-    negative flux pulls the fit down exactly as much as positive flux pulls it up.
+    Finds coefficients ``C >= 0`` (n_spectra, n_components) and templates
+    ``T >= 0`` (n_components, n_pixels) minimising chi^2 (:mod:`specnmf.objective`)
+    plus the optional penalties of :mod:`specnmf.penalties`, measured in units of
+    the mean observed ``ivar``.  ``X`` may be negative (noise), ``ivar == 0``
+    marks missing data; nothing is clipped.
 
     Parameters
     ----------
@@ -158,25 +149,15 @@ class SpectralNMF(ParamsMixin):
     """
 
     _parameter_constraints = {
-        "n_components": in_interval(Integral, 1),
-        "solver": one_of(*SOLVERS),
-        "max_iter": in_interval(Integral, 0),
-        "tol": in_interval(Real, 0),
-        "init": one_of(*INITS, "sequential"),
-        "random_state": random_state,
-        "dtype": dtype_name,
-        "verbose": boolish,
-        "progress": boolish,
-        "shift": in_interval(Real, 0, allow_none=True),
-        "smoothness": in_interval(Real, 0),
-        "sparsity": in_interval(Real, 0),
-        "spatial": in_interval(Real, 0),
-        "n_init": in_interval(Integral, 1),
-        "patience": in_interval(Integral, 1),
-        "block_size": in_interval(Integral, 1, allow_none=True),
-        "backend": one_of(*BACKENDS),
-        "checkpoint": path_or_none,
-        "checkpoint_every": in_interval(Integral, 1),
+        "n_components": in_interval(Integral, 1), "solver": one_of(*SOLVERS),
+        "max_iter": in_interval(Integral, 0), "tol": in_interval(Real, 0),
+        "init": one_of(*INITS, "sequential"), "random_state": random_state,
+        "dtype": dtype_name, "verbose": boolish, "progress": boolish,
+        "shift": in_interval(Real, 0, allow_none=True), "smoothness": in_interval(Real, 0),
+        "sparsity": in_interval(Real, 0), "spatial": in_interval(Real, 0),
+        "n_init": in_interval(Integral, 1), "patience": in_interval(Integral, 1),
+        "block_size": in_interval(Integral, 1, allow_none=True), "backend": one_of(*BACKENDS),
+        "checkpoint": path_or_none, "checkpoint_every": in_interval(Integral, 1),
         "sequential_iter": in_interval(Integral, 0),
     }
 
@@ -519,17 +500,6 @@ class SpectralNMF(ParamsMixin):
         ``templates`` may be a specutils ``Spectrum`` (e.g. from
         :meth:`templates_spectrum`), which brings its wavelength and units.
         """
-        templates, _, wavelength, units = interop.fit_inputs(templates, None, wavelength)
-        T = V.check_factor(templates, "templates", dtype=V.check_dtype(params.get("dtype", "float64")))
-        model = cls(T.shape[0], **params)
-        model._validate_params()
-        wavelength = V.check_wavelength(wavelength, T.shape[1])
-        model.templates_ = T
-        model.coefficients_ = np.zeros((0, T.shape[0]), dtype=T.dtype)
-        model.chi2_, model.objective_ = np.zeros(0), np.zeros(0)
-        model.history_ = {"chi2": model.chi2_}
-        model.n_iter_, model.converged_, model.interrupted_ = 0, False, False
-        model.shift_, model.ivar_scale_, model.n_features_in_ = 0.0, 1.0, T.shape[1]
-        model.wavelength_, (model.wavelength_unit_, model.flux_unit_) = wavelength, units
-        model.spatial_shape_ = None
-        return model
+        from .io import model_from_templates
+
+        return model_from_templates(cls, templates, wavelength, **params)

@@ -64,6 +64,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
+from . import _validation as V
+from . import interop
 from ._readers import (
     _STRUCTURAL,
     Spectra,
@@ -955,6 +957,29 @@ def load_model(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     return _load_npz(path) if kind == "npz" else _load_fits(path)
+
+
+def model_from_templates(cls, templates, wavelength=None, **params):
+    """A fitted ``cls`` (``SpectralNMF``) holding ``templates`` made elsewhere.
+
+    What ``SpectralNMF.from_templates`` returns: ``transform``,
+    ``inverse_transform``, ``save`` and the plots work; there is no training
+    history.  ``params`` are constructor parameters.
+    """
+    templates, _, wavelength, units = interop.fit_inputs(templates, None, wavelength)
+    T = V.check_factor(templates, "templates", dtype=V.check_dtype(params.get("dtype", "float64")))
+    model = cls(T.shape[0], **params)
+    model._validate_params()
+    wavelength = V.check_wavelength(wavelength, T.shape[1])
+    model.templates_ = T
+    model.coefficients_ = np.zeros((0, T.shape[0]), dtype=T.dtype)
+    model.chi2_, model.objective_ = np.zeros(0), np.zeros(0)
+    model.history_ = {"chi2": model.chi2_}
+    model.n_iter_, model.converged_, model.interrupted_ = 0, False, False
+    model.shift_, model.ivar_scale_, model.n_features_in_ = 0.0, 1.0, T.shape[1]
+    model.wavelength_, (model.wavelength_unit_, model.flux_unit_) = wavelength, units
+    model.spatial_shape_ = None
+    return model
 
 
 def model_summary(model) -> dict:
