@@ -612,7 +612,7 @@ def _lstsq_gram(G, b, return_fragile=False):
     except np.linalg.LinAlgError:
         ok = False
     if not ok:
-        c = np.einsum("mkl,ml->mk", np.linalg.pinv(Gs, hermitian=True), bs)
+        c = gram.gram_matvec(np.linalg.pinv(Gs, hermitian=True), bs, np)
     if return_fragile:
         return c * s, np.linalg.eigvalsh(Gs)[:, 0] < _FRAGILE_PCA
     return c * s

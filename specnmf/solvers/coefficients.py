@@ -199,7 +199,7 @@ def from_grams(G, a, T, C, *, penalties=(), xp=np, rows=slice(None), C_all=None,
     if solve is None:
         def solve(Gq, b, C0):
             return exact(Gq, b, C0, xp)
-    coupled = any(getattr(p, "needs_all_coefficients", False) for p in penalties)
+    coupled = any(p.needs_all_coefficients for p in penalties)
     for sweep in range(sweeps):
         before = C
         Gq = G
