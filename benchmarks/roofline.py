@@ -174,7 +174,7 @@ def _wrap(X, ivar):
     The observed fraction stays ~40 %, but each spectrum's span is the whole
     grid: one missing chunk per spectrum, in the middle.
     """
-    n, d = ivar.shape
+    d = ivar.shape[1]
     obs = ivar > 0
     first = obs.argmax(axis=1)
     last = d - 1 - obs[:, ::-1].argmax(axis=1)
@@ -217,7 +217,8 @@ def _task_fit(task):
            "observed": float(np.mean(ivar > 0)), "itemsize": X.itemsize, "solvers": {}}
     for solver in task["solvers"]:
         res = harness._per_iteration_callback(
-            lambda m, cb: harness._fit(q, solver, m, data, dt, callback=cb), task["iters"])
+            lambda m, cb, solver=solver: harness._fit(q, solver, m, data, dt, callback=cb),
+            task["iters"])
         out["solvers"][solver] = {"time_s": res["per_iter_s"], "times_s": res["per_iter_all_s"]}
     # the read once more, after the fits: the machine's state may have drifted
     out["read_after_s"] = _read_sum(X, ivar, task["read_repeats"])
@@ -259,7 +260,7 @@ def _task_roof(task):
         C = np.empty((k, k), dtype=dt)
         reps = 20                             # one product is ~1 ms: time a batch
 
-        def batch():
+        def batch(A=A, B=B, C=C, reps=reps):
             for _ in range(reps):
                 np.matmul(A, B, out=C)
 
@@ -376,11 +377,11 @@ def run(cfg):
 def render(results):
     """The markdown report of a results dict."""
     meta = results["meta"]
-    out = [f"Measured {meta['date']} on {meta['machine']} ({meta['cpu_count']} CPUs), "
-           f"numpy {meta['numpy']}, BLAS {meta['blas']}, kernels {meta['kernels']}, "
-           f"specnmf {meta['specnmf']} (commit {meta['commit']}); load average "
-           f"{meta['load_before']} before, {meta['load_after']} after; {meta['mode']} run, "
-           f"{meta['total_s']:.0f} s."]
+    out = [(f"Measured {meta['date']} on {meta['machine']} ({meta['cpu_count']} CPUs), "
+            f"numpy {meta['numpy']}, BLAS {meta['blas']}, kernels {meta['kernels']}, "
+            f"specnmf {meta['specnmf']} (commit {meta['commit']}); load average "
+            f"{meta['load_before']} before, {meta['load_after']} after; {meta['mode']} run, "
+            f"{meta['total_s']:.0f} s.")]
     out.append("\n### The machine's roofline\n")
     rows = []
     for t, r in results["roof"].items():
@@ -398,8 +399,8 @@ def render(results):
     for r in results["rows"]:
         rows.append([r["operation"], r["case"], r["dtype"], r["threads"],
                      f"{1e3 * r['time_s']:.2f}", f"{1e3 * r['read_s']:.2f} ({r['read']})",
-                     f"{r['ratio']:.2f}x", f"<= {r['target']}x "
-                     f"({'met' if r['met'] else 'not met'})",
+                     f"{r['ratio']:.2f}x",
+                     f"<= {r['target']}x ({'met' if r['met'] else 'not met'})",
                      f"{r['bytes_per_spectrum']:.0f}", f"{r['flops_per_spectrum']:.0f}",
                      f"{r['intensity']:.2f}", f"{r['gbs']:.1f}", f"{r['gflops']:.1f}",
                      r["bound"], f"{r['roof_fraction']:.0%}", f"{r['floor_ratio']:.2f}x"])

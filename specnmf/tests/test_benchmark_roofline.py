@@ -6,6 +6,7 @@ package), so these tests are skipped when it is absent.  No timing here.
 
 import json
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,12 @@ def test_flops_grow_with_q_as_the_algorithm_says_and_bytes_do_not(op):
         return counts(op, q=q, d=1000, span=span, itemsize=8)
 
     flops = [at(q)["flops"] for q in range(1, 7)]
-    steps = [b - a for a, b in zip(flops, flops[1:])]
+    steps = [b - a for a, b in pairwise(flops)]
     if op in ("nearly", "shift"):
         assert steps == [12 * 700] * 5                     # linear in q
     else:
         # the Gram terms grow as q(q+1)/2: the second differences are constant
-        assert len({b - a for a, b in zip(steps, steps[1:])}) == 1 and steps[1] > steps[0]
+        assert len({b - a for a, b in pairwise(steps)}) == 1 and steps[1] > steps[0]
     assert len({at(q)["bytes"] for q in range(1, 7)}) == 1   # the data do not depend on q
     # float32 halves the bytes, not the flops; a narrower span costs less of both
     half = counts(op, q=5, d=1000, span=700, itemsize=4)
@@ -43,7 +44,7 @@ def test_roofline_script_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roof.json", "roof.md"]
     saved = json.loads((tmp_path / "roof.json").read_text())
     assert [r["operation"] for r in saved["rows"]] == [r["operation"] for r in results["rows"]]
-    for t, roof in results["roof"].items():
+    for roof in results["roof"].values():
         assert roof["bandwidth_gbs"] > 0
         assert roof["peak_float64_gflops"] > 0 and roof["peak_float32_gflops"] > 0
     # every operation of the configuration, each measured (a failed child gives no row)
