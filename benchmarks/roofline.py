@@ -271,41 +271,9 @@ def _task_roof(task):
 _TASKS = {"fit": _task_fit, "transform": _task_transform, "roof": _task_roof}
 
 
-def _child(task):
-    """Entry point of a child process: one measurement under a thread limit."""
-    import traceback
-
-    from threadpoolctl import threadpool_limits
-
-    logging.basicConfig(level=logging.WARNING)
-    harness._set_kernel_threads(task.get("threads", 1))
-    try:
-        with threadpool_limits(limits=task.get("threads", 1)):
-            out = _TASKS[task["kind"]](task)
-        out["ok"] = True
-    except Exception as exc:  # report, never abort the whole run
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-               "traceback": traceback.format_exc()}
-    return out
-
-
 def _measure(task):
-    """Run ``task`` in a fresh spawned process (as ``benchmarks.run._measure``)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = multiprocessing.get_context("spawn")
-    logger.info("measuring %s", " ".join(f"{k}={v}" for k, v in task.items()))
-    t = time.perf_counter()
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            out = pool.submit(_child, task).result()
-    except Exception as exc:  # a crashed child (e.g. killed for memory)
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-    out["wall_s"] = time.perf_counter() - t
-    if not out.get("ok"):
-        logger.warning("%s failed: %s", task["kind"], out.get("error"))
-    return out
+    """Run ``task`` in a fresh spawned process with ``benchmarks.run``'s harness."""
+    return harness._measure({**task, "module": "benchmarks.roofline"})
 
 
 # ---------------------------------------------------------------------------
