@@ -324,3 +324,35 @@ def test_kkt_test_is_one_definition():
             assert numpy_ok == kernel_ok, (trial, q, kind)
             verdicts.append(numpy_ok)
     assert 0.2 < np.mean(verdicts) < 0.8         # both verdicts, often near the boundary
+
+
+@pytest.mark.parametrize("q", [1, 4, 7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_pass_adds_every_observed_pixel_once(q, dtype):
+    """The fused pass sums template statistics over pairs of spectra where their
+    spans overlap and one spectrum at a time elsewhere: with data the model fits
+    exactly in small integers (so every sum is exact, in any order, and Shift-NMF's
+    update leaves the coefficients as they are), each statistic must be exactly
+    C^T (v*x) and C^T (v*(C T)), for spans that are disjoint, nested, partly
+    overlapping, identical, touching or empty, and an odd spectrum left alone."""
+    rng = np.random.default_rng(q)
+    d = 60
+    windows = [(0, 20), (30, 50), (5, 55), (10, 30), (0, 40), (20, 60), (7, 33), (7, 33),
+               (0, 30), (30, 60), (12, 12), (3, 9), (25, 26), (25, 26), (41, 59)]
+    n = len(windows)
+    T = rng.integers(1, 4, (q, d)).astype(dtype)
+    C = rng.integers(1, 4, (n, q)).astype(dtype)
+    X = C @ T
+    v = rng.integers(0, 3, (n, d)).astype(dtype)              # holes inside the spans too
+    j = np.arange(d)
+    for i, (a, b) in enumerate(windows):
+        v[i, (j < a) | (j >= b)] = 0
+    X[v == 0] = 0
+    lo, hi = _kernels.spans(v)
+    C_new, chi, A, D = _kernels.mu_pass(v, X, lo, hi, C, T, nearly=False, threads=1)
+    seen = v.any(axis=1)
+    assert not seen.all()
+    np.testing.assert_array_equal(C_new[seen], C[seen])    # the empty ones: zero_division
+    assert chi == 0
+    np.testing.assert_array_equal(A, C.T.astype(np.float64) @ (v * X))
+    np.testing.assert_array_equal(D, C_new.T.astype(np.float64) @ (v * (C @ T)))
