@@ -117,23 +117,35 @@ _POOL_SIZE = 0
 def _map(fn, items, threads):
     """``fn`` over ``items`` on up to ``threads`` threads: the caller's and those of
     one persistent pool (the kernels release the GIL; starting threads on every
-    call would cost milliseconds)."""
+    call would cost milliseconds).
+
+    Each thread takes the next item when it is done with one, rather than a
+    fixed share: on a machine shared with other work a thread that gets less
+    of its core then does fewer items instead of holding up the call.  Every
+    item writes its own outputs, so which thread runs it does not matter.
+    """
     global _POOL, _POOL_SIZE
     items = list(items)
     threads = min(len(items), threads)
+    pending = iter(items)
+    lock = threading.Lock()
 
-    def run(group):
-        for item in group:
+    def run():
+        while True:
+            with lock:
+                item = next(pending, pending)
+            if item is pending:
+                return
             fn(item)
 
     if threads <= 1:
-        run(items)
+        run()
         return
     if _POOL_SIZE < threads - 1:
         _POOL_SIZE = max(threads - 1, (os.cpu_count() or 1) - 1)
         _POOL = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="specnmf-kernel")
-    futures = [_POOL.submit(run, items[t::threads]) for t in range(1, threads)]
-    run(items[0::threads])
+    futures = [_POOL.submit(run) for _ in range(1, threads)]
+    run()
     for future in futures:
         future.result()
 
