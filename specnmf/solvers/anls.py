@@ -28,6 +28,7 @@ from __future__ import annotations
 from .. import objective
 from ..protocols import Block, SolverProtocol
 from . import coefficients, gram
+from .nnls import nnls_gram
 
 __all__ = ["ANLS"]
 
@@ -162,4 +163,11 @@ class ANLS(_Alternating):
     name = "anls"
 
     def _solve(self, G, b, F, which, extra, info):
+        if self.compiled and which == "coefficients" and G.dtype == self.xp.float64:
+            # the compiled solves (nnls_gram(packed=True)), without the per-call cost of
+            # the batched pivoting on every block's small batch.  Not for the templates:
+            # a pixel seen by few spectra has a singular problem, whose minimisers the
+            # two methods may choose differently (the same chi^2, other templates)
+            ku, lu, _ = gram.pairs(G.shape[-1])
+            return nnls_gram(G[:, ku, lu], b, x0=F, packed=True), None
         return coefficients.exact(G, b, F, self.xp), None
