@@ -119,10 +119,11 @@ def counts(op, *, q, d, span, itemsize):
         # (the three loops re-read the row from cache).
         return {"bytes": 2 * span * itemsize, "flops": span * (12 * q + 11)}
     if op in ("anls", "apg"):
-        # the Gram form (anls._Alternating.block_step), BLAS over every pixel:
-        # row Grams ivar @ P(T)^T (2p), a = (ivar*X) @ T^T (2q), then at the new
-        # coefficients C^T (ivar*X) (2q) and the pixel Grams P(C)^T ivar (2p):
-        # ivar and the stored ivar*X are each read twice.  The n + d small q x q
+        # the Gram form (anls._Alternating.block_step): row Grams (2p) and
+        # a = (ivar*X) T^T (2q), compiled (rows_q) over each spectrum's span, or
+        # BLAS over every pixel; then at the new coefficients C^T (ivar*X) (2q)
+        # and the pixel Grams P(C)^T ivar (2p) by BLAS: ivar and the stored
+        # ivar*X are each read twice (at most: the row pass reads the spans).  The n + d small q x q
         # solves are per spectrum/pixel, not per element, and left out.
         return {"bytes": 4 * span * itemsize, "flops": span * (4 * p + 4 * q)}
     if op == "transform":

@@ -44,7 +44,8 @@ numba = _UNSET
 
 logger = logging.getLogger("specnmf")
 
-__all__ = ["available", "worthwhile", "MIN_WORK", "MAX_Q", "spans", "mu_pass", "checked_row_grams", "num_threads"]
+__all__ = ["available", "worthwhile", "MIN_WORK", "MAX_Q", "spans", "mu_pass", "checked_row_grams", "fit_row_grams",
+           "num_threads"]
 
 #: largest number of components with an unrolled kernel (register pressure beyond)
 MAX_Q = 10
@@ -116,23 +117,35 @@ _POOL_SIZE = 0
 def _map(fn, items, threads):
     """``fn`` over ``items`` on up to ``threads`` threads: the caller's and those of
     one persistent pool (the kernels release the GIL; starting threads on every
-    call would cost milliseconds)."""
+    call would cost milliseconds).
+
+    Each thread takes the next item when it is done with one, rather than a
+    fixed share: on a machine shared with other work a thread that gets less
+    of its core then does fewer items instead of holding up the call.  Every
+    item writes its own outputs, so which thread runs it does not matter.
+    """
     global _POOL, _POOL_SIZE
     items = list(items)
     threads = min(len(items), threads)
+    pending = iter(items)
+    lock = threading.Lock()
 
-    def run(group):
-        for item in group:
+    def run():
+        while True:
+            with lock:
+                item = next(pending, pending)
+            if item is pending:
+                return
             fn(item)
 
     if threads <= 1:
-        run(items)
+        run()
         return
     if _POOL_SIZE < threads - 1:
         _POOL_SIZE = max(threads - 1, (os.cpu_count() or 1) - 1)
         _POOL = ThreadPoolExecutor(_POOL_SIZE, thread_name_prefix="specnmf-kernel")
-    futures = [_POOL.submit(run, items[t::threads]) for t in range(1, threads)]
-    run(items[0::threads])
+    futures = [_POOL.submit(run) for _ in range(1, threads)]
+    run()
     for future in futures:
         future.result()
 
@@ -367,7 +380,7 @@ def _kernel_functions(q):
 
 
 def _jit_kernel(q, name):
-    """The compiled kernel ``name`` (``mu``, ``gram``) for ``q`` components."""
+    """The compiled kernel ``name`` (``mu``, ``gram``, ``rows``) for ``q`` components."""
     return _njit(_kernel_functions(q)[f"{name}_q{q}"], fastmath=_FASTMATH)
 
 
@@ -515,6 +528,52 @@ def checked_row_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e
     _map(work, chunks, threads or num_threads())
     ok = not np.any((flags == BAD_WEIGHTS) | (flags == BAD_FLUX))
     return (G, b, ok, x, flags) if solve else (G, b, ok)
+
+
+@lru_cache(maxsize=None)
+def _rows_kernel(q):
+    return _jit_kernel(q, "rows")
+
+
+def fit_row_grams(V, W, T, lo, hi, *, threads=None):
+    """Packed per-spectrum Grams and projections of validated fit data, in one read.
+
+    The compiled form of ``gram.row_grams(V, T, np, X=X)`` for the alternating
+    solvers: no checks (fit data are validated once), ``W = V * X`` made once
+    per block, each spectrum summed over its observed span only.
+
+    Parameters
+    ----------
+    V, W : C-contiguous float64 ndarrays of shape (n, d)
+        Inverse variance and ``V * X``.
+    T : float64 ndarray of shape (q, d)
+    lo, hi : uint64 ndarrays of shape (n,)
+        Observed spans (:func:`spans`); outside them ``V`` and ``W`` must be 0.
+    threads : int, optional
+        Default :func:`num_threads`.  The result does not depend on it.
+
+    Returns
+    -------
+    G : float64 ndarray of shape (n, q(q+1)/2)
+        ``T diag(V_i) T^T``, packed as :func:`checked_row_grams`.
+    b : float64 ndarray of shape (n, q)
+        ``T W_i``.
+    """
+    n = V.shape[0]
+    q = T.shape[0]
+    kernel = _rows_kernel(q)
+    G = np.empty((n, q * (q + 1) // 2))
+    b = np.empty((n, q))
+    T = np.ascontiguousarray(T, dtype=np.float64)
+    threads = threads or num_threads()
+    step = max(CHUNK, -(-n // (4 * threads)))
+
+    def work(s):
+        sl = slice(s, min(n, s + step))
+        kernel(V[sl], W[sl], T, lo[sl], hi[sl], G[sl], b[sl])
+
+    _map(work, range(0, n, step), threads)
+    return G, b
 
 
 # ---------------------------------------------------------------------------

@@ -52,13 +52,13 @@ def _clip(xp: ModuleType, *, shift: float | None = None,
 def _anls(xp: ModuleType, *, shift: float | None = None,
           penalties: Sequence[PenaltyProtocol] = (),
           n_components: int | None = None) -> SolverProtocol:
-    return ANLS(xp, penalties=penalties)
+    return ANLS(xp, penalties=penalties, n_components=n_components)
 
 
 def _apg(xp: ModuleType, *, shift: float | None = None,
          penalties: Sequence[PenaltyProtocol] = (),
          n_components: int | None = None) -> SolverProtocol:
-    return APG(xp, penalties=penalties)
+    return APG(xp, penalties=penalties, n_components=n_components)
 
 
 SOLVERS: dict[str, SolverFactory] = {"nearly": _nearly, "shift": _shift, "clip": _clip,

@@ -28,6 +28,7 @@ from __future__ import annotations
 from .. import objective
 from ..protocols import Block, SolverProtocol
 from . import coefficients, gram
+from .nnls import nnls_gram
 
 __all__ = ["ANLS"]
 
@@ -38,16 +39,19 @@ class _Alternating(SolverProtocol):
     name = ""
     multiplicative = False
 
-    def __init__(self, xp, *, shift=None, penalties=()):
+    def __init__(self, xp, *, shift=None, penalties=(), n_components=None):
         self.xp = xp
         self.penalties = tuple(penalties)
         self._tprod = gram.TemplateProducts()
+        # the compiled kernels form the Grams where the fit's work repays loading
+        # them (the caller passes n_components then, as to the multiplicative solvers)
+        self.compiled = gram.fit_kernels_apply(xp, n_components)
         # blocks may be cropped to the pixels their spectra observe (see
         # engine.InMemory), unless a penalty reads neighbouring spectra in order
         self.crops_blocks = not any(p.needs_all_coefficients for p in self.penalties)
 
     def prepare_key(self):
-        return ("gram",)
+        return ("gram", self.compiled)
 
     def preferred_block_rows(self, n_pixels, n_components):
         """Spectra per in-memory block: large, since the Gram form makes no
@@ -57,7 +61,11 @@ class _Alternating(SolverProtocol):
     def prepare_block(self, X, ivar):
         xp = self.xp
         vx2 = objective.spectrum_chi2(X, ivar, xp)        # chi^2 at a zero model
-        return Block(X, ivar, (ivar * X, vx2))
+        if self.compiled and X.dtype == xp.float64:
+            # as the kernels read it: C-contiguous, with each spectrum's observed span
+            ivar, spans = gram.fit_prepare(ivar)
+            return Block(X, ivar, (ivar * X, vx2, spans))
+        return Block(X, ivar, (ivar * X, vx2, None))
 
     def block_chi2(self, block, C, T):
         return objective.block_chi2(block.X, block.ivar, C, T[:, block.cols], self.xp)
@@ -91,12 +99,15 @@ class _Alternating(SolverProtocol):
         """Exact/proximal coefficient update of one block, its template statistics, chi^2."""
         xp = self.xp
         C, extra = self._split_rows(P)
-        vx, vx2 = block.aux
+        vx, vx2, spans = block.aux
         q, d = T.shape
         T_full = T
         T, Tt, PT = gram.crop(T, self._tprod(T, xp), block.cols)   # the block's pixels
-        Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
-        a = vx @ Tt
+        if spans is not None:
+            Gp, a = gram.fit_row_grams(block.ivar, vx, T, spans)
+        else:
+            Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
+            a = vx @ Tt
         if C.dtype == xp.float64:
             chi = objective.chi2_from_grams(vx2, a, Gp, C, xp)
         else:
@@ -152,4 +163,11 @@ class ANLS(_Alternating):
     name = "anls"
 
     def _solve(self, G, b, F, which, extra, info):
+        if self.compiled and which == "coefficients" and G.dtype == self.xp.float64:
+            # the compiled solves (nnls_gram(packed=True)), without the per-call cost of
+            # the batched pivoting on every block's small batch.  Not for the templates:
+            # a pixel seen by few spectra has a singular problem, whose minimisers the
+            # two methods may choose differently (the same chi^2, other templates)
+            ku, lu, _ = gram.pairs(G.shape[-1])
+            return nnls_gram(G[:, ku, lu], b, x0=F, packed=True), None
         return coefficients.exact(G, b, F, self.xp), None

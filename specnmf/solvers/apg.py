@@ -37,8 +37,8 @@ class APG(_Alternating):
 
     name = "apg"
 
-    def __init__(self, xp, *, shift=None, penalties=()):
-        super().__init__(xp, penalties=penalties)
+    def __init__(self, xp, *, shift=None, penalties=(), n_components=None):
+        super().__init__(xp, penalties=penalties, n_components=n_components)
         self._t = 1.0
         self._omega = 0.0
         self._C_prev = self._L_prev = self._T_prev = self._LT_prev = None

@@ -114,6 +114,27 @@ def kernel_applies(X, ivar, q):
             and _kernels.worthwhile(X.size))
 
 
+def fit_kernels_apply(xp, q):
+    """Whether the compiled kernel forms the alternating solvers' row Grams (:func:`fit_row_grams`)
+    in a fit with ``q`` components (None: a fit too small to compile) in namespace ``xp``."""
+    from ..backends import is_numpy_namespace
+
+    return q is not None and q <= _kernels.MAX_Q and is_numpy_namespace(xp) and _kernels.available()
+
+
+def fit_prepare(ivar):
+    """``ivar`` as the compiled fit kernels read it (C-contiguous) and each spectrum's
+    observed span (:func:`specnmf._kernels.spans`)."""
+    ivar = np.ascontiguousarray(ivar)
+    return ivar, _kernels.spans(ivar)
+
+
+def fit_row_grams(ivar_b, vx, T, spans):
+    """``row_grams(ivar_b, T, np, X=X)`` of validated float64 fit data by the compiled kernel, from
+    ``vx = ivar_b * X`` and the spectra's observed ``spans``; sums in another order than BLAS."""
+    return _kernels.fit_row_grams(ivar_b, vx, T, *spans)
+
+
 def _row_grams64(X, ivar, T):
     """``row_grams(ivar, T, np, X=X, float64=True)``; the kernel's check of the data
     (validated already) can only fail on an overflow, which the BLAS path then reproduces."""

@@ -12,6 +12,9 @@ import pytest
 
 from specnmf import SpectralNMF, _kernels
 from specnmf.penalties import make_penalties
+from specnmf.solvers import gram
+from specnmf.solvers.anls import ANLS
+from specnmf.solvers.apg import APG
 from specnmf.solvers.multiplicative import ClipNMF, NearlyNMF, ShiftNMF, minimal_shift
 from .conftest import EPS32, assert_float32_tracks_float64, start_sensitivity
 
@@ -77,6 +80,45 @@ def test_thread_count_does_not_change_results():
     g1 = _kernels.checked_row_grams(X, ivar, T, threads=1)
     g2 = _kernels.checked_row_grams(X, ivar, T, threads=2)
     assert np.array_equal(g1[0], g2[0]) and np.array_equal(g1[1], g2[1])
+    r1 = _kernels.fit_row_grams(ivar, ivar * X, T, lo, hi, threads=1)
+    r2 = _kernels.fit_row_grams(ivar, ivar * X, T, lo, hi, threads=2)
+    assert np.array_equal(r1[0], r2[0]) and np.array_equal(r1[1], r2[1])
+
+
+@pytest.mark.parametrize("q", [1, 5, _kernels.MAX_Q])
+def test_fit_row_grams_match_blas(q):
+    X, ivar, _, T = _problem(300, 70, q, seed=2)
+    G, b = _kernels.fit_row_grams(ivar, ivar * X, T, *_kernels.spans(ivar))
+    G_ref, b_ref = gram.row_grams(ivar, T, np, X=X)
+    np.testing.assert_allclose(G, G_ref, rtol=1e-13)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["anls", "apg"])
+@pytest.mark.parametrize("n,q", [(300, 1), (300, 3), (600, 5), (400, _kernels.MAX_Q)])
+@pytest.mark.parametrize("penalised", [False, True])
+def test_alternating_iteration_compiled_matches_blas(name, n, q, penalised):
+    # the compiled row Grams sum in another order than BLAS, and ANLS solves by the
+    # compiled NNLS: the same iteration to rounding (with enough spectra per pixel
+    # that every exact half-step is unique), amplified by the problems' conditioning
+    X, ivar, C, T = _problem(n, 60, q, seed=n + q)
+    penalties = make_penalties(smoothness=0.3, sparsity=0.2, ivar_scale=1.0) if penalised else ()
+    cls = ANLS if name == "anls" else APG
+
+    def iteration(solver):
+        block = solver.prepare_block(X, ivar)
+        P = solver.row_inputs(C) if name == "apg" else C
+        P_new, (chi, *stats) = solver.block_step(block, P, T, C_all=C)
+        C_new = solver.row_outputs(P_new, C) if name == "apg" else P_new
+        return C_new, chi, solver.templates_step(T, stats, C_new)
+
+    compiled = cls(np, penalties=penalties, n_components=q)
+    assert compiled.compiled and not cls(np, penalties=penalties).compiled
+    C_k, chi_k, T_k = iteration(compiled)
+    C_r, chi_r, T_r = iteration(cls(np, penalties=penalties))
+    np.testing.assert_allclose(C_k, C_r, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(T_k, T_r, rtol=1e-10, atol=1e-12)
+    assert chi_k == pytest.approx(chi_r, rel=1e-12)
 
 
 def test_spans():
@@ -113,7 +155,7 @@ def test_gram_kernel_matches_numpy_and_checks_the_data(q, d):
         assert not _kernels.checked_row_grams(*args, T)[2]
 
 
-@pytest.mark.parametrize("solver", ["nearly", "shift", "clip"])
+@pytest.mark.parametrize("solver", ["nearly", "shift", "clip", "anls", "apg"])
 def test_fit_is_the_same_without_numba(monkeypatch, solver):
     X, ivar, C, T = _problem(300, 70, 3, seed=5)
     kw = dict(solver=solver, max_iter=30, tol=0, smoothness=0.1)
@@ -234,11 +276,12 @@ def test_kernel_source_is_the_template_expanded(q):
     assert source == _kernels.kernel_source(q)
     assert "unrolled(" not in source and "sum_k(" not in source and "{" not in source
     functions = {f.name: f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef)}
-    assert set(functions) == {f"mu_q{q}", f"gram_q{q}"}
+    assert set(functions) == {f"mu_q{q}", f"gram_q{q}", f"rows_q{q}"}
     ku, lu, _ = pairs(q)
     stores = [f"G[i, {p}] = g{k}_{l}" for p, (k, l) in enumerate(zip(ku, lu))]
     lines = [line.strip() for line in source.splitlines()]
-    assert [line for line in lines if line.startswith("G[i, ")] == stores
+    # the checking Gram kernel and the fit's row Grams, each in packed order
+    assert [line for line in lines if line.startswith("G[i, ")] == stores + stores
     assert f"m = {' + '.join(f'c{k} * t{k}' for k in range(q))}" in lines
 
 
