@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..backends import is_numpy_namespace
 from ..protocols import Array, BlockFn, PassResult, Rows, SolverProtocol
 from .base import DataSummary, Engine, _nonempty, sum_stats
 from .streamed import _STREAM_ELEMENTS
@@ -87,9 +88,14 @@ class Packed(Engine):
         """
         parts: list[tuple[Rows, Array | None]] = []
         total = None
+        spans = getattr(solver, "takes_spans", False) and is_numpy_namespace(self.xp)
         for rows in self.row_slices():
             Xb, ib = self._reused_block(rows)
-            block = solver.prepare_block(self._to_xp(Xb), self._to_xp(ib))
+            if spans:
+                # the fused kernel's spans, known from the file: no pass over ivar to find them
+                block = solver.prepare_block(Xb, ib, spans=self.packed.spans(rows))  # type: ignore[call-arg]
+            else:
+                block = solver.prepare_block(self._to_xp(Xb), self._to_xp(ib))
             part, stats = fn(rows, block, C[rows, ...])
             parts.append((rows, part))
             total = sum_stats(total, stats)
