@@ -10,9 +10,9 @@ r"""A streamed pass over a span-packed file against one read of that file (issue
    reports both sizes;
 3. in a child process per file (so each has its own peak RSS), measures
    * ``read``: one plain read of the file's arrays, block by block with the
-     fit's block size, into a reused buffer (packed: the contiguous range of
-     ``flux`` and ``ivar`` of each block through their memory maps; dense:
-     ``dset[rows]`` of both h5py datasets), median of 3;
+     fit's block size, into reused buffers (packed: the contiguous range of
+     ``flux`` and ``ivar`` of each block, ``PackedSpectra.read_packed``;
+     dense: ``read_direct`` of both h5py datasets), median of 3;
    * ``read + scatter`` (packed only): the same blocks as the Packed engine
      makes them, dense (block, d) buffers with zeros outside the spans;
    * ``pass``: Nearly-NMF, q=5, float32, ``block_size`` spectra per block;
@@ -76,14 +76,10 @@ if kind == "packed":
     X, ivar = data, None
     n, d = data.shape
     slices = [slice(s, min(n, s + block_size)) for s in range(0, n, block_size)]
-    width = max(int(data.offsets[r.stop] - data.offsets[r.start]) for r in slices)
-    buf = np.empty(width, data.dtype)
 
     def read():
         for r in slices:
-            a, b = int(data.offsets[r.start]), int(data.offsets[r.stop])
-            np.copyto(buf[:b - a], data._flux[a:b])
-            np.copyto(buf[:b - a], data._ivar[a:b])
+            data.read_packed(r)
 
     engine = Packed(data, dtype=data.dtype, block_rows=block_size)
 

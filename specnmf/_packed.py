@@ -39,11 +39,13 @@ Why HDF5, contiguous and uncompressed
 HDF5 is already how large spectra sets travel, is self-describing (h5py,
 ``h5ls``, any language can read the four arrays) and holds the metadata next
 to the data.  Contiguous uncompressed storage puts each array at one byte
-offset in the file (``Dataset.id.get_offset()``), so the reader maps it with
-``np.memmap``: a block is one slice of the map, read by the kernel's page
-faults with no HDF5 call, no chunk cache and no GIL held by a library, and
-the bytes read are exactly the observed spans.  Compression would shrink the
-file further but costs more to decode than to read from a page cache.
+offset in the file (``Dataset.id.get_offset()``), so a block of spectra is
+one plain ``readinto`` per array at a known position: no HDF5 call, no chunk
+cache, the GIL released while the bytes arrive, and exactly the observed
+spans read.  (``np.memmap`` at that offset reads as fast, but the mapped
+pages count in the process's resident memory: a pass would appear to hold
+the whole file.)  Compression would shrink the file further but costs more
+to decode than a read from the page cache.
 
 Validation and checksums
 ------------------------
@@ -309,6 +311,11 @@ class PackedSpectra:
         The 1-D datasets copied from the source (``wavelength``, ...).
     lo, offsets : ndarray of int64
         First pixel of every span; start of every span in the packed arrays.
+
+    Notes
+    -----
+    Reads go through staging buffers that the next read reuses: one reader
+    serves one thread at a time.
     """
 
     ndim = 2
@@ -325,7 +332,7 @@ class PackedSpectra:
             if verify:
                 self.verify()
         except Exception:
-            self._file.close()
+            self.close()
             raise
 
     def _open(self) -> None:
@@ -356,17 +363,36 @@ class PackedSpectra:
         self.metadata = {k: f[k][()] for k, v in f.items()
                          if isinstance(v, _require_h5py().Dataset) and k not in _CHECKED
                          and v.ndim == 1}
-        self._flux = self._map("flux")
-        self._ivar = self._map("ivar")
+        # where each array's bytes are (None: empty, or not written contiguous by pack_spectra)
+        self._where = {}
+        for name in ("flux", "ivar"):
+            dset = f[name]
+            plain = dset.chunks is None and dset.compression is None
+            self._where[name] = dset.id.get_offset() if plain else None
+        self._raw = open(path, "rb", buffering=0)
+        self._staging: dict[str, np.ndarray] = {}
         self.ivar = _PackedIvar(self)
 
-    def _map(self, name: str) -> Any:
-        """The dataset as a read-only ``np.memmap`` at its byte offset, or itself if it has none."""
-        dset = self._file[name]
-        offset = dset.id.get_offset()
-        if offset is None or dset.chunks is not None or dset.compression is not None:
-            return dset  # empty, or not written by pack_spectra: h5py reads it
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=offset, shape=dset.shape)
+    def _read_range(self, name: str, a: int, b: int) -> np.ndarray:
+        """``name[a:b]`` of the packed arrays, in a staging buffer that the next read reuses."""
+        buf = self._staging.get(name)
+        if buf is None or buf.size < b - a:
+            buf = self._staging[name] = np.empty(b - a, self.dtype)
+        out = buf[:b - a]
+        offset = self._where[name]
+        if offset is None:
+            out[...] = self._file[name][a:b]
+            return out
+        view = memoryview(out).cast("B")
+        done, start = 0, offset + a * self.dtype.itemsize
+        while done < view.nbytes:
+            self._raw.seek(start + done)
+            got = self._raw.readinto(view[done:])
+            if not got:
+                raise ValueError(f"{self.path}: the file ends inside the packed {name}; it is "
+                                 "truncated: pack the source again")
+            done += got
+        return out
 
     # -- array-like -------------------------------------------------------------
     def __len__(self) -> int:
@@ -454,13 +480,21 @@ class PackedSpectra:
         self._scatter(rows, X, iv, filled)
         return X, iv
 
+    def read_packed(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The stored spans of the consecutive spectra ``rows``: ``(flux, ivar)``, 1-D.
+
+        One contiguous read per array, into staging buffers that the next
+        read overwrites (copy them to keep them).
+        """
+        start, stop, _ = rows.indices(self.shape[0])
+        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        return self._read_range("flux", a, b), self._read_range("ivar", a, b)
+
     def _scatter(self, rows: slice, X: np.ndarray, iv: np.ndarray,
                  filled: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         off = self.offsets[rows.start:rows.stop + 1]
         base = int(off[0])
-        # one contiguous read per array; the rows are then copies within memory
-        seg_x = np.asarray(self._flux[base:int(off[-1])])
-        seg_i = np.asarray(self._ivar[base:int(off[-1])])
+        seg_x, seg_i = self.read_packed(rows)
         los = self.lo[rows].tolist()
         starts = (off[:-1] - base).tolist()
         ends = (off[1:] - base).tolist()
@@ -521,8 +555,9 @@ class PackedSpectra:
                              "changed since it was packed and validated; pack the source again")
 
     def close(self) -> None:
-        """Close the file (the memory maps close when no array refers to them)."""
-        self._flux = self._ivar = None
+        """Close the file."""
+        if hasattr(self, "_raw"):
+            self._raw.close()
         self._file.close()
 
     def __enter__(self) -> PackedSpectra:
