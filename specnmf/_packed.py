@@ -138,7 +138,7 @@ def _working_dtype(flux: Any, dtype: npt.DTypeLike | None) -> np.dtype:
         else np.dtype(np.float64)
 
 
-def pack_spectra(flux: Any, ivar: Any, path: str | os.PathLike, *, dtype: npt.DTypeLike = None,
+def pack_spectra(flux: Any, ivar: Any, path: str | os.PathLike, *, dtype: npt.DTypeLike | None = None,
                  block_rows: int | None = None, metadata: Mapping[str, Any] | None = None,
                  overwrite: bool = False) -> dict[str, Any]:
     """Write spectra in the span-packed layout (see :mod:`specnmf._packed`), validating them once.
@@ -383,7 +383,7 @@ class PackedSpectra:
         if offset is None:
             out[...] = self._file[name][a:b]
             return out
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         done, start = 0, offset + a * self.dtype.itemsize
         while done < view.nbytes:
             self._raw.seek(start + done)
@@ -410,7 +410,7 @@ class PackedSpectra:
     def __getitem__(self, key: Any) -> np.ndarray:
         return self._dense(key)[0]
 
-    def __array__(self, dtype: npt.DTypeLike = None, copy: bool | None = None) -> np.ndarray:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         X = self[:]
         return X if dtype is None else X.astype(dtype, copy=False)
 
@@ -457,7 +457,7 @@ class PackedSpectra:
         lo = self.lo[rows]
         return lo, lo + self._lengths[rows]
 
-    def read_block(self, rows: slice, dtype: npt.DTypeLike = None,
+    def read_block(self, rows: slice, dtype: npt.DTypeLike | None = None,
                    out: tuple[np.ndarray, np.ndarray] | None = None,
                    filled: tuple[np.ndarray, np.ndarray] | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
