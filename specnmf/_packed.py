@@ -108,14 +108,16 @@ def _span_mask(lo: np.ndarray, hi: np.ndarray, d: int) -> np.ndarray:
     return (j >= lo[:, None]) & (j < hi[:, None])
 
 
-def _source_spans(ivar: Any, n: int, d: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _source_spans(ivar: Any, n: int, d: int, rows: int,
+                  dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """The spans of every spectrum, from ``ivar`` read block by block (unit weights: whole rows)."""
     if ivar is None:
         return np.zeros(n, np.int64), np.full(n, d, np.int64)
     lo, hi = np.empty(n, np.int64), np.empty(n, np.int64)
     for r in _blocks(n, rows):
+        # in the working dtype, as validation casts it (a tiny float64 ivar is a float32 0);
         # NaN > 0 is False: a bad ivar is reported by the validating pass
-        lo[r], hi[r] = _observed_spans(np.asarray(ivar[r]))
+        lo[r], hi[r] = _observed_spans(np.asarray(ivar[r]).astype(dtype, copy=False))
     return lo, hi
 
 
@@ -192,7 +194,7 @@ def pack_spectra(flux: Any, ivar: Any, path: str | os.PathLike, *, dtype: npt.DT
             raise ValueError(f"metadata {name!r} must be a 1-D array not named like a packed "
                              f"dataset; got shape {value.shape}")
 
-    lo, hi = _source_spans(ivar, n, d, rows)
+    lo, hi = _source_spans(ivar, n, d, rows, dt)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(hi - lo, out=offsets[1:])
     total = int(offsets[-1])
@@ -201,7 +203,7 @@ def pack_spectra(flux: Any, ivar: Any, path: str | os.PathLike, *, dtype: npt.DT
     tmp = f"{path}.partial"
     try:
         with h5py.File(tmp, "w") as f:
-            # contiguous and allocated now, so that a reader can map them (see the module doc)
+            # contiguous: a reader finds each array at one byte offset (see the module doc)
             out = {name: f.create_dataset(name, shape=(total,), dtype=dt)
                    for name in ("flux", "ivar")}
             sums = {name: np.empty(n, np.int64 if name == "n_observed" else dt)
@@ -226,13 +228,13 @@ def pack_spectra(flux: Any, ivar: Any, path: str | os.PathLike, *, dtype: npt.DT
                 a, b = int(offsets[r.start]), int(offsets[r.stop])
                 out["flux"][a:b] = seg_x
                 out["ivar"][a:b] = seg_i
-                hashes["flux"].update(seg_x.tobytes())
-                hashes["ivar"].update(seg_i.tobytes())
+                hashes["flux"].update(seg_x.data)
+                hashes["ivar"].update(seg_i.data)
             arrays = {"offsets": offsets, "lo": lo, "summary/observed_pixels": observed_pixels}
             arrays.update({f"summary/{k}": v for k, v in sums.items()})
             for name, value in arrays.items():
                 f.create_dataset(name, data=value)
-                hashes[name].update(np.ascontiguousarray(value).tobytes())
+                hashes[name].update(np.ascontiguousarray(value).data)
             for name, value in meta.items():
                 f.create_dataset(name, data=value)
             totals = summary_from_rows(sums, ~observed_pixels)
@@ -547,7 +549,7 @@ class PackedSpectra:
             h = hashlib.blake2b(digest_size=16)
             step = max(1, _CHUNK_BYTES // max(1, dset.dtype.itemsize))
             for s in range(0, dset.shape[0], step):
-                h.update(np.ascontiguousarray(dset[s:s + step]).tobytes())
+                h.update(np.ascontiguousarray(dset[s:s + step]).data)
             if h.hexdigest() != self._file.attrs.get(_checksum_key(name)):
                 bad.append(name)
         if bad:

@@ -238,3 +238,15 @@ def test_cli_fit_of_a_packed_file_streams_it(source, tmp_path, capsys):
     assert cli.main(["fit", str(out), "--memmap", "-k", "2", "--max-iter", "3",
                      "-o", str(tmp_path / "m.npz")]) == 0
     assert (tmp_path / "m.npz").exists()
+
+
+def test_spans_are_those_of_the_working_precision(tmp_path):
+    X, ivar = windowed()
+    lo = int(np.argmax(ivar[0] > 0))
+    ivar[0, lo] = 1e-50                       # observed in float64, 0 in float32
+    pack_spectra(X, ivar, tmp_path / "p.h5", dtype="float32")
+    Xd, ivd = dense_of(X, ivar, dtype="float32")
+    with open_packed(tmp_path / "p.h5") as packed:
+        assert packed.spans(slice(0, 1))[0][0] > lo
+        np.testing.assert_array_equal(packed[:], Xd)
+        np.testing.assert_array_equal(packed.ivar[:], ivd)
