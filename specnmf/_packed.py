@@ -39,13 +39,15 @@ Why HDF5, contiguous and uncompressed
 HDF5 is already how large spectra sets travel, is self-describing (h5py,
 ``h5ls``, any language can read the four arrays) and holds the metadata next
 to the data.  Contiguous uncompressed storage puts each array at one byte
-offset in the file (``Dataset.id.get_offset()``), so a block of spectra is
-one plain ``readinto`` per array at a known position: no HDF5 call, no chunk
-cache, the GIL released while the bytes arrive, and exactly the observed
-spans read.  (``np.memmap`` at that offset reads as fast, but the mapped
-pages count in the process's resident memory: a pass would appear to hold
-the whole file.)  Compression would shrink the file further but costs more
-to decode than a read from the page cache.
+offset in the file (``Dataset.id.get_offset()``), so the reader maps it
+read-only there (``mmap``): a block of spectra is one contiguous range of
+the map, copied straight into the engine's dense buffers (one copy: a
+``read`` into a staging buffer costs a second one), with no HDF5 call, no
+chunk cache and exactly the observed spans read.  Each range is unmapped
+again once copied (``madvise(MADV_DONTNEED)``; the page cache keeps it), so
+a pass does not count the whole file in the process's resident memory.
+Compression would shrink the file further but costs more to decode than a
+read from the page cache.
 
 Validation and checksums
 ------------------------
@@ -61,7 +63,9 @@ bytes that were validated is checked only when asked,
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -270,6 +274,33 @@ def is_packed_file(path: str | os.PathLike) -> bool:
         return False
 
 
+def _copy_spans(X: np.ndarray, iv: np.ndarray, seg_x: np.ndarray, seg_i: np.ndarray,
+                los: list[int], starts: list[int], ends: list[int],
+                filled: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Row ``j`` of ``X``/``iv`` gets ``seg[starts[j]:ends[j]]`` at pixel ``los[j]``.
+
+    ``filled``: the spans the rows held before, of which what lies outside
+    the new spans is cleared (None: the rows are zero outside them already).
+    """
+    if filled is None:
+        for j, (lo, a, b) in enumerate(zip(los, starts, ends)):
+            X[j, lo:lo + b - a] = seg_x[a:b]
+            iv[j, lo:lo + b - a] = seg_i[a:b]
+        return
+    m = len(los)
+    for j, (lo, a, b, plo, phi) in enumerate(zip(los, starts, ends, filled[0][:m].tolist(),
+                                                 filled[1][:m].tolist())):
+        hi = lo + b - a
+        if plo < lo:
+            X[j, plo:min(lo, phi)] = 0
+            iv[j, plo:min(lo, phi)] = 0
+        if phi > hi:
+            X[j, max(hi, plo):phi] = 0
+            iv[j, max(hi, plo):phi] = 0
+        X[j, lo:hi] = seg_x[a:b]
+        iv[j, lo:hi] = seg_i[a:b]
+
+
 class _PackedIvar:
     """``packed.ivar``: the inverse variances, dense row blocks like the flux."""
 
@@ -365,36 +396,44 @@ class PackedSpectra:
         self.metadata = {k: f[k][()] for k, v in f.items()
                          if isinstance(v, _require_h5py().Dataset) and k not in _CHECKED
                          and v.ndim == 1}
-        # where each array's bytes are (None: empty, or not written contiguous by pack_spectra)
-        self._where = {}
-        for name in ("flux", "ivar"):
-            dset = f[name]
-            plain = dset.chunks is None and dset.compression is None
-            self._where[name] = dset.id.get_offset() if plain else None
-        self._raw = open(path, "rb", buffering=0)
-        self._staging: dict[str, np.ndarray] = {}
+        self._raw = open(path, "rb")
+        self._maps = {name: self._map(name) for name in ("flux", "ivar")}
         self.ivar = _PackedIvar(self)
 
-    def _read_range(self, name: str, a: int, b: int) -> np.ndarray:
-        """``name[a:b]`` of the packed arrays, in a staging buffer that the next read reuses."""
-        buf = self._staging.get(name)
-        if buf is None or buf.size < b - a:
-            buf = self._staging[name] = np.empty(b - a, self.dtype)
-        out = buf[:b - a]
-        offset = self._where[name]
-        if offset is None:
-            out[...] = self._file[name][a:b]
-            return out
-        view = out.data.cast("B")
-        done, start = 0, offset + a * self.dtype.itemsize
-        while done < view.nbytes:
-            self._raw.seek(start + done)
-            got = self._raw.readinto(view[done:])
-            if not got:
-                raise ValueError(f"{self.path}: the file ends inside the packed {name}; it is "
-                                 "truncated: pack the source again")
-            done += got
-        return out
+    def _map(self, name: str) -> tuple[mmap.mmap, np.ndarray, int] | None:
+        """``(map, array, where the array starts in the map)`` of a packed array, mapped
+        read-only at its byte offset; None if it has none (empty, or not contiguous)."""
+        dset = self._file[name]
+        offset = dset.id.get_offset() if dset.chunks is None and dset.compression is None else None
+        if offset is None or dset.shape[0] == 0:
+            return None
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        size = dset.shape[0] * self.dtype.itemsize
+        mm = mmap.mmap(self._raw.fileno(), offset + size - start, access=mmap.ACCESS_READ,
+                       offset=start)
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+            mm.madvise(mmap.MADV_SEQUENTIAL)  # blocks are read in order: read ahead
+        return mm, np.frombuffer(mm, self.dtype, dset.shape[0], offset - start), offset - start
+
+    def _range(self, name: str, a: int, b: int) -> np.ndarray:
+        mapped = self._maps[name]
+        return self._file[name][a:b] if mapped is None else mapped[1][a:b]
+
+    def _release(self, name: str, a: int, b: int) -> None:
+        """Unmap the pages of ``name[a:b]`` from this process once they are read.
+
+        They stay in the page cache; without this a pass would count the
+        whole file in the process's resident memory.
+        """
+        mapped = self._maps[name]
+        if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        mm, _, delta = mapped
+        lo = delta + a * self.dtype.itemsize
+        lo -= lo % mmap.PAGESIZE
+        hi = delta + b * self.dtype.itemsize
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     # -- array-like -------------------------------------------------------------
     def __len__(self) -> int:
@@ -485,39 +524,23 @@ class PackedSpectra:
     def read_packed(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         """The stored spans of the consecutive spectra ``rows``: ``(flux, ivar)``, 1-D.
 
-        One contiguous read per array, into staging buffers that the next
-        read overwrites (copy them to keep them).
+        One contiguous range of each packed array: read-only views of the
+        file's memory map (reading them reads the file), or arrays read by
+        h5py if the file was not written contiguous.
         """
         start, stop, _ = rows.indices(self.shape[0])
         a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
-        return self._read_range("flux", a, b), self._read_range("ivar", a, b)
+        return self._range("flux", a, b), self._range("ivar", a, b)
 
     def _scatter(self, rows: slice, X: np.ndarray, iv: np.ndarray,
                  filled: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         off = self.offsets[rows.start:rows.stop + 1]
-        base = int(off[0])
+        base, end = int(off[0]), int(off[-1])
         seg_x, seg_i = self.read_packed(rows)
-        los = self.lo[rows].tolist()
-        starts = (off[:-1] - base).tolist()
-        ends = (off[1:] - base).tolist()
-        if filled is None:
-            for j, (lo, a, b) in enumerate(zip(los, starts, ends)):
-                X[j, lo:lo + b - a] = seg_x[a:b]
-                iv[j, lo:lo + b - a] = seg_i[a:b]
-            return
-        old_lo, old_hi = filled
-        for j, (lo, a, b, plo, phi) in enumerate(zip(los, starts, ends, old_lo[:len(los)].tolist(),
-                                                     old_hi[:len(los)].tolist())):
-            hi = lo + b - a
-            # clear what the previous block left outside the new span
-            if plo < lo:
-                X[j, plo:min(lo, phi)] = 0
-                iv[j, plo:min(lo, phi)] = 0
-            if phi > hi:
-                X[j, max(hi, plo):phi] = 0
-                iv[j, max(hi, plo):phi] = 0
-            X[j, lo:hi] = seg_x[a:b]
-            iv[j, lo:hi] = seg_i[a:b]
+        _copy_spans(X, iv, seg_x, seg_i, self.lo[rows].tolist(), (off[:-1] - base).tolist(),
+                    (off[1:] - base).tolist(), filled)
+        for name in ("flux", "ivar"):
+            self._release(name, base, end)
 
     def summary(self, blocks: list[slice] | None = None) -> DataSummary:
         """The data summary recorded at pack time, as a pass over ``blocks`` would compute it.
@@ -557,7 +580,12 @@ class PackedSpectra:
                              "changed since it was packed and validated; pack the source again")
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (a map still viewed by an array closes when that array goes)."""
+        for mapped in getattr(self, "_maps", {}).values():
+            if mapped is not None:
+                with contextlib.suppress(BufferError):
+                    mapped[0].close()
+        self._maps = {}
         if hasattr(self, "_raw"):
             self._raw.close()
         self._file.close()
