@@ -11,10 +11,10 @@ r"""A streamed pass over a span-packed file against one read of that file (issue
 3. in a child process per file (so each has its own peak RSS, that of the
    fit, measured before the reads), measures
    * ``read``: one plain read of the file's arrays, block by block with the
-     fit's block size, into a reused buffer (packed: the contiguous range of
-     ``flux`` and ``ivar`` of each block, ``PackedSpectra.read_packed``,
-     copied out of the file's map; dense: ``read_direct`` of both h5py
-     datasets), median of 3;
+     fit's block size, into a reused buffer (packed: the contiguous byte
+     range of ``flux`` and of ``ivar`` of each block, by ``readinto`` at the
+     datasets' offsets; dense: ``read_direct`` of both h5py datasets),
+     median of 3;
    * ``read + scatter`` (packed only): the same blocks as the Packed engine
      makes them, dense (block, d) buffers with zeros outside the spans;
    * ``pass``: Nearly-NMF, q=5, float32, ``block_size`` spectra per block;
@@ -80,11 +80,20 @@ if kind == "packed":
     slices = [slice(s, min(n, s + block_size)) for s in range(0, n, block_size)]
     width = max(int(data.offsets[r.stop] - data.offsets[r.start]) for r in slices)
     buf = np.empty(width, data.dtype)
+    where = [data._file[name].id.get_offset() for name in ("flux", "ivar")]
+    raw = open(path, "rb", buffering=0)
 
     def read():
+        # the bytes of each block's range of flux and ivar, by plain reads (a memory map's
+        # pages, while mapped, could not be evicted for --cold)
+        size = data.dtype.itemsize
         for r in slices:
-            for seg in data.read_packed(r):
-                np.copyto(buf[:seg.size], seg)
+            a, b = int(data.offsets[r.start]), int(data.offsets[r.stop])
+            for offset in where:
+                view, done = buf[:b - a].data.cast("B"), 0
+                while done < view.nbytes:
+                    raw.seek(offset + a * size + done)
+                    done += raw.readinto(view[done:])
 
     engine = Packed(data, dtype=data.dtype, block_rows=block_size)
 
