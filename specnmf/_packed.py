@@ -419,21 +419,39 @@ class PackedSpectra:
         mapped = self._maps[name]
         return self._file[name][a:b] if mapped is None else mapped[1][a:b]
 
-    def _release(self, name: str, a: int, b: int) -> None:
-        """Unmap the pages of ``name[a:b]`` from this process once they are read.
-
-        They stay in the page cache; without this a pass would count the
-        whole file in the process's resident memory.
-        """
+    def _advise(self, name: str, a: int, b: int, advice: int) -> None:
+        """``madvise`` the pages of ``name[a:b]`` (where the platform has it)."""
         mapped = self._maps[name]
-        if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+        if mapped is None or not hasattr(mapped[0], "madvise"):
             return
         mm, _, delta = mapped
         lo = delta + a * self.dtype.itemsize
         lo -= lo % mmap.PAGESIZE
         hi = delta + b * self.dtype.itemsize
         if hi > lo:
-            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            mm.madvise(advice, lo, hi - lo)
+
+    def will_need(self, rows: slice) -> None:
+        """Start reading the spans of ``rows`` from disk in the background (``MADV_WILLNEED``).
+
+        The engine calls it for the next block before computing the current
+        one, so that on a cold page cache the disk works while the CPU does;
+        on a warm one it costs a lookup of the pages.
+        """
+        if hasattr(mmap, "MADV_WILLNEED"):
+            start, stop, _ = rows.indices(self.shape[0])
+            a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+            for name in ("flux", "ivar"):
+                self._advise(name, a, b, mmap.MADV_WILLNEED)
+
+    def _release(self, name: str, a: int, b: int) -> None:
+        """Unmap the pages of ``name[a:b]`` from this process once they are read.
+
+        They stay in the page cache; without this a pass would count the
+        whole file in the process's resident memory.
+        """
+        if hasattr(mmap, "MADV_DONTNEED"):
+            self._advise(name, a, b, mmap.MADV_DONTNEED)
 
     # -- array-like -------------------------------------------------------------
     def __len__(self) -> int:

@@ -7,7 +7,9 @@ pass nor needs a pass for :meth:`scan`.  A block of consecutive spectra is
 one contiguous range of the packed arrays; it is scattered into a dense
 (block_rows, n_pixels) buffer that is reused from block to block, clearing
 only what the previous block left outside the new spans, so every solver
-reads it as it reads any other block.
+reads it as it reads any other block.  While a block is computed, the
+operating system reads the next one (``PackedSpectra.will_need``); a thread
+doing that copy measured slower on two cores (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -89,8 +91,11 @@ class Packed(Engine):
         parts: list[tuple[Rows, Array | None]] = []
         total = None
         spans = getattr(solver, "takes_spans", False) and is_numpy_namespace(self.xp)
-        for rows in self.row_slices():
+        slices = self.row_slices()
+        for k, rows in enumerate(slices):
             Xb, ib = self._reused_block(rows)
+            if k + 1 < len(slices):
+                self.packed.will_need(slices[k + 1])
             if spans:
                 # the fused kernel's spans, known from the file: no pass over ivar to find them
                 block = solver.prepare_block(Xb, ib, spans=self.packed.spans(rows))  # type: ignore[call-arg]
