@@ -78,8 +78,8 @@ from ._readers import _require_h5py
 from ._version import __version__
 from .engine.base import ROW_FIELDS, DataSummary, row_summaries, summary_from_rows
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "PackedSpectra", "pack_spectra", "open_packed",
-           "is_packed_file"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "PackedSpectra", "is_packed_file", "open_packed",
+           "pack_spectra"]
 
 #: the ``format`` attribute of a packed file
 FORMAT = "specnmf-packed"
@@ -393,7 +393,7 @@ class PackedSpectra:
                        for k in ("flux", "ivar"))):
             raise ValueError(f"{path}: inconsistent packed layout (offsets, spans or array "
                              "sizes disagree); the file is damaged: pack the source again")
-        self.metadata = {k: f[k][()] for k, v in f.items()
+        self.metadata = {k: v[()] for k, v in f.items()
                          if isinstance(v, _require_h5py().Dataset) and k not in _CHECKED
                          and v.ndim == 1}
         self._raw = open(path, "rb")
@@ -476,9 +476,7 @@ class PackedSpectra:
     def _rows(self, key: Any) -> tuple[np.ndarray | slice, bool]:
         n = self.shape[0]
         if isinstance(key, tuple):
-            if len(key) == 2 and key[1] in (slice(None), Ellipsis):
-                key = key[0]
-            elif len(key) == 1:
+            if len(key) == 1 or (len(key) == 2 and key[1] in (slice(None), Ellipsis)):
                 key = key[0]
             else:
                 raise IndexError("packed spectra are sliced by rows only: packed[rows]")

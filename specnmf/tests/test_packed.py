@@ -231,8 +231,8 @@ def test_cli_pack_writes_refuses_overwrite_and_verifies(source, tmp_path, capsys
     assert "no dataset 'nope'" in capsys.readouterr().err
 
 
-def test_cli_fit_of_a_packed_file_streams_it(source, tmp_path, capsys):
-    path, X, ivar = source
+def test_cli_fit_of_a_packed_file_streams_it(source, tmp_path):
+    path = source[0]
     out = tmp_path / "p.h5"
     assert cli.main(["pack", str(path), str(out)]) == 0
     assert cli.main(["fit", str(out), "--memmap", "-k", "2", "--max-iter", "3",
