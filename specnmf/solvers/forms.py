@@ -30,8 +30,8 @@ form calls back through ``rule.coefficient_update``.
 :func:`select` is the one place a form is chosen.  Every form offers
 ``name``, ``crops_blocks`` (whether an engine may crop blocks to the pixels
 their spectra observe), ``block_elements`` (elements per in-memory block it
-runs fastest on), ``prepare`` (with the spans when an engine knows them), ``chi2``, ``block_step`` and
-``template_terms``.
+runs fastest on), ``prepare`` (given the spans when an engine knows them),
+``chi2``, ``block_step`` and ``template_terms``.
 """
 
 from __future__ import annotations
