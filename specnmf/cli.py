@@ -847,6 +847,78 @@ def cmd_export(args):
     return 0
 
 
+def _gib(nbytes):
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MiB"
+
+
+def _pack_source(args):
+    """``(flux, ivar, metadata, close)`` of ``specnmf pack``'s input, read lazily."""
+    if args.flux is None and args.ivar is None:
+        spectra = _read(args.input, args.hdu, memmap=True)
+        meta = {} if spectra.wavelength is None else {"wavelength": spectra.wavelength}
+        flux, ivar = spectra.flux, spectra.ivar
+        if ivar is None:  # a packed file, packed again (in another precision, say)
+            return flux, flux.ivar, meta, flux
+        return flux, ivar, meta, getattr(flux, "file", None)
+    import h5py
+
+    if not os.path.exists(args.input):
+        raise UsageError(f"{args.input}: no such file")
+    try:
+        f = h5py.File(args.input, "r")
+    except OSError as exc:
+        raise UsageError(f"{args.input}: --flux/--ivar name datasets of an HDF5 file; "
+                         f"cannot read it as one ({exc})") from None
+    group = f if args.hdu is None else f[args.hdu]
+    names = {"flux": args.flux or "flux", "ivar": args.ivar}
+    for role, name in names.items():
+        if name is not None and not isinstance(group.get(name), h5py.Dataset):
+            f.close()
+            raise UsageError(f"{args.input}: no dataset {name!r} for --{role}")
+    # the other 1-D datasets (wavelength and the like) travel with the spectra
+    meta = {k: v[()] for k, v in group.items() if isinstance(v, h5py.Dataset) and v.ndim == 1
+            and k not in names.values()}
+    return (group[names["flux"]], None if args.ivar is None else group[args.ivar], meta, f)
+
+
+def cmd_pack(args):
+    from .io import open_packed, pack_spectra
+
+    if args.output is None:
+        if not args.verify:
+            raise UsageError("give INPUT and OUTPUT to pack, or --verify FILE to check a packed file")
+        if not os.path.exists(args.input):
+            raise UsageError(f"{args.input}: no such file")
+        t0 = time.perf_counter()
+        with open_packed(args.input, verify=True) as packed:
+            print(f"file:             {args.input}")
+            print(f"spectra:          {packed.shape[0]} x {packed.shape[1]} pixels, "
+                  f"{packed.dtype.name}, {packed.stored_fraction:.1%} stored")
+        print(f"checksums:        ok ({time.perf_counter() - t0:.2f} s)")
+        return 0
+    _check_output(args.output, args.overwrite)
+    flux, ivar, meta, source = _pack_source(args)
+    try:
+        t0 = time.perf_counter()
+        info = pack_spectra(flux, ivar, args.output, dtype=args.dtype, block_rows=args.block_rows,
+                            metadata=meta, overwrite=args.overwrite)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if source is not None:
+            source.close()
+    if args.verify:
+        open_packed(args.output, verify=True).close()
+    dense, packed_bytes = info["dense_bytes"], info["file_bytes"]
+    print(f"input:            {args.input} ({info['n_spectra']} spectra x {info['n_pixels']} "
+          f"pixels, {info['dtype']})")
+    print(f"stored pixels:    {info['packed_values'] / (info['n_spectra'] * info['n_pixels']):.1%}")
+    print(f"dense flux+ivar:  {_gib(dense)}")
+    print(f"packed file:      {_gib(packed_bytes)} ({packed_bytes / dense:.2f}x)")
+    print(f"time:             {elapsed:.2f} s")
+    print(f"wrote:            {args.output}{' (checksums verified)' if args.verify else ''}")
+    return 0
+
+
 def _common(parser):
     g = parser.add_argument_group("output control")
     g.add_argument("-q", "--quiet", action="store_true",
@@ -901,6 +973,7 @@ def build_parser():
             specnmf demo -o specnmf_demo_output
             specnmf fit spectra.fits -k 5 -o model.fits
             specnmf transform model.fits new.fits -o coeffs.fits
+            specnmf pack spectra.h5 packed.h5
         """),
         formatter_class=_Formatter,
     )
@@ -1028,6 +1101,38 @@ def build_parser():
                    help="step in log10(1+z) (default: one pixel of a log-lambda grid, else 1e-4)")
     p.add_argument("--spectype", default="QSO", help="class name of MODEL's templates (QSO)")
     p.add_argument("--block-size", type=int, default=16, help="spectra per block (default 16)")
+    _hdu_option(p)
+    _overwrite_option(p)
+    _common(p)
+
+    p = _command(sub, "pack", cmd_pack,
+                 help="write spectra span-packed, validated once, for fast streamed fits",
+                 description="""
+                    Write the spectra of INPUT to OUTPUT (HDF5) keeping only each spectrum's
+                    observed span (first to last pixel with ivar > 0), validated once here:
+                    a fit of OUTPUT then reads only the observed bytes and never validates
+                    them again (specnmf fit OUTPUT --memmap, or SpectralNMF().fit(
+                    specnmf.io.open_packed(OUTPUT))).  INPUT is read block by block.
+                    --verify checks a packed file's checksums (reads it once).
+                    """,
+                 example=("""
+                     specnmf pack spectra.h5 packed.h5
+                     specnmf fit packed.h5 --memmap -k 5 --dtype float32 -o model.fits
+                     specnmf pack --verify packed.h5
+                 """))
+    p.add_argument("input", help="spectra file (HDF5 flux/ivar datasets, FITS image, .npy), or "
+                                 "with --verify alone, the packed file to check")
+    p.add_argument("output", nargs="?", default=None, help="packed HDF5 file to write")
+    p.add_argument("--flux", default=None, metavar="NAME",
+                   help="HDF5 dataset of the flux (default: found as 'specnmf fit' finds it)")
+    p.add_argument("--ivar", default=None, metavar="NAME",
+                   help="HDF5 dataset of the inverse variance (with --flux; none: unit weights)")
+    p.add_argument("--block-rows", type=int, default=None, metavar="N",
+                   help="spectra read and validated at a time (default: ~16 M pixels)")
+    p.add_argument("--dtype", default=None, choices=("float32", "float64"),
+                   help="stored precision (default: float32 for float32 flux, else float64)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the checksums of OUTPUT after writing it, or of INPUT alone")
     _hdu_option(p)
     _overwrite_option(p)
     _common(p)

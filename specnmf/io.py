@@ -23,7 +23,12 @@ layouts understood are
   (:func:`read_lamost`); see :mod:`specnmf._readers` for the conventions
   (bitmasks, vacuum wavelengths, camera overlaps);
 * **IFU cubes** (ESO/MUSE DATA/STAT/DQ, MaNGA-style FLUX/IVAR/MASK), read by
-  :func:`specnmf.ifu.read_cube` and returned one spectrum per spaxel.
+  :func:`specnmf.ifu.read_cube` and returned one spectrum per spaxel;
+* **span-packed HDF5** (:func:`pack_spectra`, ``specnmf pack``): only each
+  spectrum's observed span, validated once; :func:`open_packed` reads it as
+  dense row blocks, and ``read_spectra(path, memmap=True)`` returns that
+  reader as ``flux`` (``ivar`` None: it is inside), which a fit streams
+  reading only the observed bytes (see :mod:`specnmf._packed`).
 
 ``MASK`` wins over ``IVAR``: a masked pixel gets ``ivar = 0`` whatever its
 inverse variance.  Without ``IVAR`` every pixel gets unit weight (a warning is
@@ -78,6 +83,7 @@ from ._readers import (
     read_lamost,
     read_sdss,
 )
+from ._packed import PackedSpectra, is_packed_file, open_packed, pack_spectra
 from ._version import __version__
 
 logger = logging.getLogger("specnmf")
@@ -94,6 +100,9 @@ __all__ = [
     "save_model",
     "load_model",
     "FORMAT_VERSION",
+    "pack_spectra",
+    "open_packed",
+    "PackedSpectra",
 ]
 
 #: version of the saved-model layout; files with a larger number are refused
@@ -305,7 +314,19 @@ def _read_npy(path, lazy):
     return _assemble(path, flux, None, None, None, {}, lazy)
 
 
+def _read_packed(path, lazy):
+    packed = open_packed(path)
+    wave = _common_wavelength(packed.metadata.get("wavelength"), packed.shape[1], path)
+    if lazy:
+        return Spectra(packed, None, wave, {}, str(path))
+    X, ivar = packed[:], packed.ivar[:]
+    packed.close()
+    return Spectra(X, ivar, wave, {}, str(path))
+
+
 def _read_hdf5(path, hdu, lazy):
+    if hdu is None and is_packed_file(path):
+        return _read_packed(path, lazy)
     h5py = _require_h5py()
     try:
         f = h5py.File(path, "r")

@@ -167,6 +167,9 @@ class SolverProtocol(Protocol):
     #: an in-memory engine may sort the spectra by coverage and crop blocks
     #: to the pixels they observe (no penalty reads neighbouring spectra)
     crops_blocks: bool
+    #: ``prepare_block`` also takes ``spans=(lo, hi)``: each spectrum's observed
+    #: span when the engine already knows it (a packed file), so as not to find it again
+    takes_spans: bool = False
 
     def prepare_key(self) -> Hashable:
         """Equal keys: blocks prepared by one solver serve the other (engines cache them)."""

@@ -27,6 +27,9 @@ The same solver code therefore runs on
   ``zarr.Array``, a FITS image opened with ``memmap=True``); each pass reads,
   validates and prepares one block at a time, so peak memory is set by
   ``block_size`` and the templates;
+* :class:`Packed` (:mod:`specnmf.engine.packed`) — a span-packed file
+  (:func:`specnmf.io.open_packed`): each pass reads only the observed spans
+  into a reused dense buffer, not validated again (the file was when packed);
 * :class:`DaskEngine` (:mod:`specnmf.engine.dask`) — dask arrays chunked by
   spectra, one task per chunk and a tree reduction of the statistics (dask
   itself is imported only when such an engine is built).
@@ -39,7 +42,8 @@ from .base import DataSummary, Engine, is_lazy
 from .dask import SPLIT_EVERY, DaskEngine
 from .factory import make_engine
 from .memory import InMemory
+from .packed import Packed
 from .streamed import Streamed
 
-__all__ = ["DataSummary", "Engine", "InMemory", "Streamed", "DaskEngine", "SPLIT_EVERY",
+__all__ = ["DataSummary", "Engine", "InMemory", "Streamed", "Packed", "DaskEngine", "SPLIT_EVERY",
            "make_engine", "is_lazy"]

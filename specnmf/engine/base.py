@@ -24,7 +24,8 @@ from ..protocols import (
     Stat,
 )
 
-__all__ = ["DataSummary", "Engine", "summarize_block", "sum_stats", "is_lazy"]
+__all__ = ["DataSummary", "Engine", "summarize_block", "row_summaries", "summary_from_rows",
+           "ROW_FIELDS", "sum_stats", "is_lazy"]
 
 
 @dataclass
@@ -86,22 +87,48 @@ class DataSummary:
         )
 
 
-def summarize_block(X: np.ndarray, ivar: np.ndarray) -> DataSummary:
-    """Summary of one validated numpy block (see :class:`DataSummary`)."""
+#: the per-spectrum sums a :class:`DataSummary` is made of (see :func:`row_summaries`)
+ROW_FIELDS = ("sum_ivar", "weighted_sum_X", "sum_abs", "n_observed", "min_observed")
+
+
+def row_summaries(X: np.ndarray, ivar: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-spectrum parts of the summary of one validated numpy block.
+
+    Sums in the working precision (``sum_ivar``, ``weighted_sum_X``,
+    ``sum_abs``), the count of observed pixels and the smallest observed flux
+    (inf if none), each of shape (n_rows,).  A :class:`DataSummary` of any
+    run of rows follows from them exactly (:meth:`DataSummary.from_rows`), so
+    a file can store them once (:mod:`specnmf.engine.packed`).
+    """
     observed = ivar > 0
-    obs_rows = np.count_nonzero(observed, axis=1)
-    n_obs = int(obs_rows.sum())
     wx = ivar * X
+    return {
+        "sum_ivar": np.sum(ivar, axis=1),
+        "weighted_sum_X": np.sum(wx, axis=1),
+        "sum_abs": np.sum(np.abs(wx, out=wx), axis=1),
+        "n_observed": np.count_nonzero(observed, axis=1).astype(np.int64),
+        "min_observed": np.min(X, axis=1, where=observed, initial=np.inf),
+    }
+
+
+def summary_from_rows(rows: dict[str, np.ndarray], empty_pixels: np.ndarray) -> DataSummary:
+    """The :class:`DataSummary` of a block from its :func:`row_summaries`."""
+    n_obs = int(rows["n_observed"].sum())
     # per-row sums in the working precision, then float64 across rows
     return DataSummary(
-        sum_ivar=float(np.sum(ivar, axis=1).sum(dtype=np.float64)),
+        sum_ivar=float(rows["sum_ivar"].sum(dtype=np.float64)),
         n_observed=n_obs,
-        weighted_sum_X=float(np.sum(wx, axis=1).sum(dtype=np.float64)),
-        sum_abs=float(np.sum(np.abs(wx, out=wx), axis=1).sum(dtype=np.float64)),
-        min_observed=float(np.min(X, where=observed, initial=np.inf)) if n_obs else 0.0,
-        empty_spectra=obs_rows == 0,
-        empty_pixels=~np.any(observed, axis=0),
+        weighted_sum_X=float(rows["weighted_sum_X"].sum(dtype=np.float64)),
+        sum_abs=float(rows["sum_abs"].sum(dtype=np.float64)),
+        min_observed=float(rows["min_observed"].min()) if n_obs else 0.0,
+        empty_spectra=rows["n_observed"] == 0,
+        empty_pixels=empty_pixels,
     )
+
+
+def summarize_block(X: np.ndarray, ivar: np.ndarray) -> DataSummary:
+    """Summary of one validated numpy block (see :class:`DataSummary`)."""
+    return summary_from_rows(row_summaries(X, ivar), ~np.any(ivar > 0, axis=0))
 
 
 def sum_stats(total: list[Stat] | None, part: Sequence[Stat]) -> list[Stat]:

@@ -30,8 +30,8 @@ form calls back through ``rule.coefficient_update``.
 :func:`select` is the one place a form is chosen.  Every form offers
 ``name``, ``crops_blocks`` (whether an engine may crop blocks to the pixels
 their spectra observe), ``block_elements`` (elements per in-memory block it
-runs fastest on), ``prepare``, ``chi2``, ``block_step`` and
-``template_terms``.
+runs fastest on), ``prepare`` (given the spans when an engine knows them),
+``chi2``, ``block_step`` and ``template_terms``.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ class _BlasForm:
         self.xp = xp
         self._tprod = gram.TemplateProducts()
 
-    def prepare(self, X, Xs, ivar):
+    def prepare(self, X, Xs, ivar, spans=None):
         """The block of data ``Xs`` (X as the solver sees it) with ``ivar*Xs`` and, per
-        spectrum, ``sum ivar*X^2`` (the chi^2 of a zero model)."""
+        spectrum, ``sum ivar*X^2`` (the chi^2 of a zero model); ``spans`` is not needed."""
         xp = self.xp
         return Block(Xs, ivar, (ivar * Xs, objective.spectrum_chi2(X, ivar, xp)))
 
@@ -213,12 +213,17 @@ class FusedForm:
     def __init__(self, xp):
         self.xp = xp
 
-    def prepare(self, X, Xs, ivar):
-        """The block as the kernel reads it: C-contiguous arrays and each spectrum's observed span."""
+    def prepare(self, X, Xs, ivar, spans=None):
+        """The block as the kernel reads it: C-contiguous arrays and each spectrum's observed
+        span, found here unless the engine knows it (``spans``: ``(lo, hi)``)."""
         import numpy as np
 
         Xs = np.ascontiguousarray(Xs)
-        return Block(Xs, np.ascontiguousarray(ivar, dtype=Xs.dtype), _kernels.spans(ivar))
+        if spans is None:
+            spans = _kernels.spans(ivar)
+        else:  # in the kernel's index type, as _kernels.spans returns them
+            spans = tuple(np.asarray(s).astype(np.uint64, copy=False) for s in spans)
+        return Block(Xs, np.ascontiguousarray(ivar, dtype=Xs.dtype), spans)
 
     def chi2(self, block, C, T, shift):
         # a full pass of the kernel costs less than the residual in numpy

@@ -144,9 +144,14 @@ class _Multiplicative(SolverProtocol):
         return multiplicative_update(C, num, den, self.xp, self.zero_division)
 
     # -- the protocol ------------------------------------------------------
-    def prepare_block(self, X, ivar):
-        """Per-block constants of the form: the (shifted) data and what the form reads with it."""
-        return self._form(self.n_components).prepare(X, self._data(X), ivar)
+    takes_spans = True
+
+    def prepare_block(self, X, ivar, spans=None):
+        """Per-block constants of the form: the (shifted) data and what the form reads with it.
+
+        ``spans``: each spectrum's observed ``(lo, hi)`` if the engine knows them.
+        """
+        return self._form(self.n_components).prepare(X, self._data(X), ivar, spans)
 
     def _data(self, X):
         return X
@@ -241,8 +246,8 @@ class ClipNMF(ShiftNMF):
     def _data(self, X):
         return _pos(X, self.xp)
 
-    def prepare_block(self, X, ivar):
-        return super().prepare_block(_pos(X, self.xp), ivar)
+    def prepare_block(self, X, ivar, spans=None):
+        return super().prepare_block(_pos(X, self.xp), ivar, spans)
 
 
 def minimal_shift(X, ivar):

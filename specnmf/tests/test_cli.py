@@ -16,7 +16,7 @@ from .conftest import make_toy
 
 pytest.importorskip("astropy")
 
-SUBCOMMANDS = ["fit", "transform", "plot", "info", "cv", "demo"]
+SUBCOMMANDS = ["fit", "transform", "plot", "info", "cv", "demo", "pack"]
 
 
 @pytest.fixture

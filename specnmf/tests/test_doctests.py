@@ -26,6 +26,7 @@ MODULES = [
     "specnmf.ifu",
     "specnmf.interop",
     "specnmf._readers",
+    "specnmf._packed",
     "specnmf.redshift",
 ]
 #: modules whose examples need an optional package

@@ -1,0 +1,107 @@
+"""The engine of span-packed files: each pass reads only the observed spans.
+
+A file written by :func:`specnmf.io.pack_spectra` (``specnmf pack``) was
+validated when it was packed and records its data summary, so this engine,
+unlike :class:`~specnmf.engine.Streamed`, neither validates a block on every
+pass nor needs a pass for :meth:`scan`.  A block of consecutive spectra is
+one contiguous range of the packed arrays; it is scattered into a dense
+(block_rows, n_pixels) buffer that is reused from block to block, clearing
+only what the previous block left outside the new spans, so every solver
+reads it as it reads any other block.  While a block is computed, the
+operating system reads the next one (``PackedSpectra.will_need``); a thread
+doing that copy measured slower on two cores (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..backends import is_numpy_namespace
+from ..protocols import Array, BlockFn, PassResult, Rows, SolverProtocol
+from .base import DataSummary, Engine, _nonempty, sum_stats
+from .streamed import _STREAM_ELEMENTS
+
+__all__ = ["Packed"]
+
+
+class Packed(Engine):
+    """Spectra streamed from a span-packed file (:class:`specnmf.io.PackedSpectra`).
+
+    Parameters
+    ----------
+    packed : PackedSpectra
+        The open file (its ``ivar`` is inside it).
+    dtype : {"float32", "float64"}
+        Working precision; the file's own avoids a conversion on every read.
+    block_rows : int, optional
+        Spectra per block (default: as :class:`~specnmf.engine.Streamed`).
+    """
+
+    in_memory = False
+
+    def __init__(self, packed: Any, *, dtype: npt.DTypeLike, xp: ModuleType = np,
+                 block_rows: int | None = None, device: object = None) -> None:
+        n, d = packed.shape
+        if block_rows is None:
+            block_rows = max(1, _STREAM_ELEMENTS // max(1, d))
+        super().__init__(n, d, dtype, xp, block_rows, device)
+        self.packed = packed
+        self._buffers: tuple[np.ndarray, np.ndarray] | None = None
+        self._filled: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _read(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh dense ``(X_b, ivar_b)``: validated when the file was packed, not again."""
+        return self.packed.read_block(rows, self.dtype)
+
+    def scan(self) -> DataSummary:
+        """The summary recorded at pack time, combined over this engine's blocks.
+
+        Exactly what a validating pass with these blocks computes, when the
+        working precision is the file's; in another precision the sums
+        differ in rounding, so a pass computes them (without validating).
+        """
+        if self._summary is None and self.dtype == self.packed.dtype:
+            self._summary = self.packed.summary(self.row_slices())
+        return super().scan()
+
+    def _reused_block(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """The block ``rows`` in the pass's buffers, which the next block overwrites."""
+        if self._buffers is None or self._buffers[0].shape[0] < self.block_rows:
+            shape = (self.block_rows, self.n_pixels)
+            self._buffers = (np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
+            self._filled = (np.zeros(self.block_rows, np.int64), np.zeros(self.block_rows, np.int64))
+        assert self._filled is not None
+        X, iv = self.packed.read_block(rows, self.dtype, out=self._buffers, filled=self._filled)
+        m = X.shape[0]
+        lo, hi = self.packed.spans(rows)
+        # rows past this block keep what they held: the next read clears it
+        self._filled[0][:m], self._filled[1][:m] = lo, hi
+        return X, iv
+
+    def run_pass(self, solver: SolverProtocol, fn: BlockFn, C: Array) -> PassResult:
+        """One pass (see :meth:`Engine.run_pass`), every block read into the same buffers.
+
+        A prepared block may refer to the buffers, so it is used by ``fn``
+        before the next block is read and never kept.
+        """
+        parts: list[tuple[Rows, Array | None]] = []
+        total = None
+        spans = getattr(solver, "takes_spans", False) and is_numpy_namespace(self.xp)
+        slices = self.row_slices()
+        for k, rows in enumerate(slices):
+            Xb, ib = self._reused_block(rows)
+            if k + 1 < len(slices):
+                self.packed.will_need(slices[k + 1])
+            if spans:
+                # the fused kernel's spans, known from the file: no pass over ivar to find them
+                block = solver.prepare_block(Xb, ib, spans=self.packed.spans(rows))  # type: ignore[call-arg]
+            else:
+                block = solver.prepare_block(self._to_xp(Xb), self._to_xp(ib))
+            part, stats = fn(rows, block, C[rows, ...])
+            parts.append((rows, part))
+            total = sum_stats(total, stats)
+        return parts, _nonempty(total)
