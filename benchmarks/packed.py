@@ -15,8 +15,9 @@ r"""A streamed pass over a span-packed file against one read of that file (issue
      range of ``flux`` and of ``ivar`` of each block, by ``readinto`` at the
      datasets' offsets; dense: ``read_direct`` of both h5py datasets),
      median of 3;
-   * ``read + scatter`` (packed only): the same blocks as the Packed engine
-     makes them, dense (block, d) buffers with zeros outside the spans;
+   * ``engine read`` (packed only): the same blocks as the Packed engine
+     reads them for Nearly-NMF, each block's spans copied into its 1-D
+     buffers (what the compiled kernel then reads where they lie);
    * ``pass``: Nearly-NMF, q=5, float32, ``block_size`` spectra per block;
      the median interval between fit callbacks (the first, which includes
      the start, and the last, the loop's measuring pass, left out): one
@@ -96,9 +97,10 @@ if kind == "packed":
 
     engine = Packed(data, dtype=data.dtype, block_rows=block_size)
 
-    def scatter():
+    def engine_read():
+        # what a Nearly-NMF pass reads: each block's spans copied into the engine's buffers
         for r in slices:
-            engine._reused_block(r)
+            engine._packed_block(r)
 else:
     import h5py
     f = h5py.File(path, "r")
@@ -111,7 +113,7 @@ else:
         for r in slices:
             X.read_direct(buf, r, np.s_[:r.stop - r.start])
             ivar.read_direct(buf, r, np.s_[:r.stop - r.start])
-    scatter = None
+    engine_read = None
 
 report = {"kind": kind}
 stamps = []
@@ -131,8 +133,8 @@ report["chi2_last"] = float(model.chi2_[-1])
 report["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 # after the fit, so that the plain read's mapped pages do not count in the fit's peak RSS
 report["read_seconds"], report["read_runs"] = timed_median(read)
-if scatter is not None:
-    report["read_scatter_seconds"], report["read_scatter_runs"] = timed_median(scatter)
+if engine_read is not None:
+    report["engine_read_seconds"], report["engine_read_runs"] = timed_median(engine_read)
 print(json.dumps(report))
 """
 
@@ -170,8 +172,8 @@ def render(report):
         out.append(f"| {name} | {gib:.3f} | {gib / dense_gib:.2f}x | {res['read_seconds']:.3f} | "
                    f"{res['pass_seconds']:.3f} | "
                    f"{res['pass_seconds'] / res['read_seconds']:.2f}x | {res['peak_rss_gib']:.2f} |")
-    out += ["", f"Packed: read + scatter into the engine's dense blocks "
-                f"{packed['read_scatter_seconds']:.3f} s; pass on the packed file / pass on the "
+    out += ["", f"Packed: the engine's read of the blocks (spans copied into its buffers) "
+                f"{packed['engine_read_seconds']:.3f} s; pass on the packed file / pass on the "
                 f"dense file {packed['pass_seconds'] / dense['pass_seconds']:.2f}x; packing took "
                 f"{pk['seconds']:.1f} s (peak RSS of the packing process "
                 f"{report['pack_peak_rss_gib']:.2f} GiB).  Targets (issue 18): packed size "

@@ -390,17 +390,22 @@ def _mu_kernel(q):
 
 
 def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None,
-            zero_division=1e-6, threads=None):
+            zero_division=1e-6, threads=None, starts=None):
     """One multiplicative iteration's pass over a block of spectra.
 
     Parameters
     ----------
-    v, x : ndarray of shape (n, d)
+    v, x : ndarray of shape (n, d), or 1-D with ``starts``
         Inverse variance and the solver's data (shifted by ``shift`` for
         Shift-NMF), C-contiguous, of the dtype of ``C`` and ``T``.
     lo, hi : uint64 arrays of shape (n,)
         Observed span of each spectrum (:func:`spans`); pixels outside it
         must have ``v == 0``.
+    starts : uint64 array of shape (n,), optional
+        With 1-D ``v`` and ``x``: spectrum ``i``'s pixel ``j`` is
+        ``v[starts[i] + j]``, for ``j`` in its span (what lies outside the
+        spans is never read), so spans packed one after another
+        (:class:`specnmf.engine.Packed`) are read where they lie.
     C : ndarray of shape (n, q)
         Current coefficients.
     T : ndarray of shape (q, d)
@@ -424,8 +429,11 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
     A, D : float64 ndarrays of shape (q, d)
         ``C_new^T (v*x)`` and ``C_new^T (v*(C_new T + shift))``.
     """
-    n, d = v.shape
-    q = T.shape[0]
+    n = lo.shape[0]
+    q, d = T.shape
+    if starts is None:
+        starts = np.arange(n, dtype=np.uint64) * np.uint64(d)
+        v, x = v.reshape(-1), x.reshape(-1)
     kernel = _mu_kernel(q)
     dt = T.dtype
     zero = dt.type(0)
@@ -451,7 +459,7 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
         # the chunk's statistics in the data's dtype, then widened into A[c], D[c]
         Ab = np.empty((q, d), dtype=dt)
         Db = np.empty((q, d), dtype=dt)
-        chi[c] = kernel(v[s:e], x[s:e], lo[s:e], hi[s:e], jlo, jhi, C[s:e], T, y, nearly,
+        chi[c] = kernel(v, x, starts[s:e], lo[s:e], hi[s:e], jlo, jhi, C[s:e], T, y, nearly,
                         pen_num[s:e], pen_den[s:e], zd, zero, Cn[s:e], Ab, Db, A[c], D[c])
 
     _map(work, range(len(chunks)), threads or num_threads())

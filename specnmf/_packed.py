@@ -548,6 +548,23 @@ class PackedSpectra:
         a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
         return self._range("flux", a, b), self._range("ivar", a, b)
 
+    def read_packed_into(self, rows: slice, flux: np.ndarray, ivar: np.ndarray) -> int:
+        """Copy the stored spans of the consecutive spectra ``rows`` to the start of
+        ``flux`` and ``ivar`` (1-D, converted to their dtype); returns how many values.
+
+        The engine's read of a block for solvers that read packed spans
+        (:meth:`specnmf.protocols.SolverProtocol.reads_packed`): one copy of
+        the observed bytes, no dense block.
+        """
+        start, stop, _ = rows.indices(self.shape[0])
+        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        seg_x, seg_i = self.read_packed(rows)
+        np.copyto(flux[:b - a], seg_x, casting="same_kind")
+        np.copyto(ivar[:b - a], seg_i, casting="same_kind")
+        for name in ("flux", "ivar"):
+            self._release(name, a, b)
+        return b - a
+
     def _scatter(self, rows: slice, X: np.ndarray, iv: np.ndarray,
                  filled: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         off = self.offsets[rows.start:rows.stop + 1]

@@ -171,6 +171,13 @@ class SolverProtocol(Protocol):
     #: span when the engine already knows it (a packed file), so as not to find it again
     takes_spans: bool = False
 
+    def reads_packed(self, n_components: int) -> bool:
+        """Whether ``prepare_block`` (for ``n_components``) also takes 1-D ``X`` and
+        ``ivar`` holding the spans one after another, with ``spans=(lo, hi, starts)``:
+        spectrum ``i``'s pixel ``j`` at ``starts[i] + j``.  A packed file's blocks are
+        then read where they lie, without being made dense (default: no)."""
+        return False
+
     def prepare_key(self) -> Hashable:
         """Equal keys: blocks prepared by one solver serve the other (engines cache them)."""
         ...

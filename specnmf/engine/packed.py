@@ -4,10 +4,12 @@ A file written by :func:`specnmf.io.pack_spectra` (``specnmf pack``) was
 validated when it was packed and records its data summary, so this engine,
 unlike :class:`~specnmf.engine.Streamed`, neither validates a block on every
 pass nor needs a pass for :meth:`scan`.  A block of consecutive spectra is
-one contiguous range of the packed arrays; it is scattered into a dense
-(block_rows, n_pixels) buffer that is reused from block to block, clearing
-only what the previous block left outside the new spans, so every solver
-reads it as it reads any other block.  While a block is computed, the
+one contiguous range of the packed arrays.  Solvers whose compiled kernel
+reads spans where they lie (``SolverProtocol.reads_packed``: the
+multiplicative ones) get that range as it is, copied once into a reused 1-D
+buffer; for the others it is scattered into a dense (block_rows, n_pixels)
+buffer that is reused from block to block, clearing only what the previous
+block left outside the new spans, so they read it as any other block.  While a block is computed, the
 operating system reads the next one (``PackedSpectra.will_need``); a thread
 doing that copy measured slower on two cores (benchmarks/README.md).
 """
@@ -52,6 +54,7 @@ class Packed(Engine):
         self.packed = packed
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         self._filled: tuple[np.ndarray, np.ndarray] | None = None
+        self._flat: tuple[np.ndarray, np.ndarray] | None = None
 
     def _read(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         """Fresh dense ``(X_b, ivar_b)``: validated when the file was packed, not again."""
@@ -82,6 +85,24 @@ class Packed(Engine):
         self._filled[0][:m], self._filled[1][:m] = lo, hi
         return X, iv
 
+    def _packed_block(self, rows: slice) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """The block ``rows`` as its packed spans, in the pass's 1-D buffers:
+        ``(X, ivar, (lo, hi, starts))``, spectrum ``i``'s pixel ``j`` at ``starts[i] + j``.
+
+        The spans are copied after ``n_pixels`` unused values, so that every
+        ``starts[i] = n_pixels + (offset of span i) - lo[i]`` is >= 0.
+        """
+        d = self.n_pixels
+        off = self.packed.offsets[rows.start:rows.stop + 1]
+        size = d + int(off[-1] - off[0])
+        if self._flat is None or self._flat[0].size < size:
+            self._flat = (np.zeros(size, self.dtype), np.zeros(size, self.dtype))
+        X, iv = self._flat
+        self.packed.read_packed_into(rows, X[d:], iv[d:])
+        lo, hi = self.packed.spans(rows)
+        starts = d + (off[:-1] - off[0]) - lo
+        return X[:size], iv[:size], (lo, hi, starts)
+
     def run_pass(self, solver: SolverProtocol, fn: BlockFn, C: Array) -> PassResult:
         """One pass (see :meth:`Engine.run_pass`), every block read into the same buffers.
 
@@ -91,16 +112,21 @@ class Packed(Engine):
         parts: list[tuple[Rows, Array | None]] = []
         total = None
         spans = getattr(solver, "takes_spans", False) and is_numpy_namespace(self.xp)
+        packed = spans and solver.reads_packed(C.shape[1])
         slices = self.row_slices()
         for k, rows in enumerate(slices):
-            Xb, ib = self._reused_block(rows)
-            if k + 1 < len(slices):
-                self.packed.will_need(slices[k + 1])
-            if spans:
+            if packed:
+                Xp, ip, known = self._packed_block(rows)
+                block = solver.prepare_block(Xp, ip, spans=known)  # type: ignore[call-arg]
+            elif spans:
                 # the fused kernel's spans, known from the file: no pass over ivar to find them
+                Xb, ib = self._reused_block(rows)
                 block = solver.prepare_block(Xb, ib, spans=self.packed.spans(rows))  # type: ignore[call-arg]
             else:
+                Xb, ib = self._reused_block(rows)
                 block = solver.prepare_block(self._to_xp(Xb), self._to_xp(ib))
+            if k + 1 < len(slices):
+                self.packed.will_need(slices[k + 1])
             part, stats = fn(rows, block, C[rows, ...])
             parts.append((rows, part))
             total = sum_stats(total, stats)

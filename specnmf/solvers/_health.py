@@ -48,7 +48,7 @@ import numpy as np
 
 from ..backends import asarray, to_numpy
 from ..objective import spectrum_chi2
-from . import gram
+from . import forms, gram
 
 __all__ = ["DEAD_RTOL", "RESEEDS_PER_COMPONENT", "dead_components", "reseed", "stationarity"]
 
@@ -66,11 +66,13 @@ def assemble_rows(parts, n, xp):
 
 
 def _residual(solver, T, block, C_rows):
-    """``X - C T`` of one block (unshifted data; the clipped data for ``clip``), its templates."""
+    """``X - C T`` of one block (unshifted data; the clipped data for ``clip``), its
+    templates, and the block with dense rows (a packed file's spans made dense)."""
+    block = forms.dense_rows(block, T.shape[1])
     shift = solver.shift
     X = block.X - shift if shift else block.X
     Tc = T[:, block.cols]
-    return X - C_rows @ Tc, Tc
+    return X - C_rows @ Tc, Tc, block
 
 
 def _positive_part(r, ivar, xp):
@@ -79,7 +81,7 @@ def _positive_part(r, ivar, xp):
 
 def _scores_block(solver, T, rows, block, C_rows):
     xp = solver.xp
-    r, _ = _residual(solver, T, block, C_rows)
+    r, _, block = _residual(solver, T, block, C_rows)
     # the chi^2 of each spectrum's positive residual
     score = spectrum_chi2(_positive_part(r, block.ivar, xp), block.ivar, xp)
     return xp.reshape(score, (-1, 1)), (0.0,)
@@ -99,7 +101,7 @@ def _row_block(solver, T, i, d, rows, block, C_rows):
     row = xp.zeros((1, d), dtype=xp.float64)
     j = _local(rows, i)
     if j is not None:
-        r, _ = _residual(solver, T, block, C_rows)
+        r, _, block = _residual(solver, T, block, C_rows)
         pos = xp.astype(_positive_part(r[j:j + 1, ...], block.ivar[j:j + 1, ...], xp), xp.float64)
         row = gram.widen(pos, block.cols, d, xp)
     return None, (0.0, row)
@@ -107,7 +109,7 @@ def _row_block(solver, T, i, d, rows, block, C_rows):
 
 def _coefficient_block(solver, T, t, rows, block, C_rows):
     xp = solver.xp
-    r, _ = _residual(solver, T, block, C_rows)
+    r, _, block = _residual(solver, T, block, C_rows)
     tc = xp.astype(t[block.cols], r.dtype)
     p = xp.sum(block.ivar * r * tc, axis=1)
     q = xp.sum(block.ivar * tc * tc, axis=1)
@@ -196,7 +198,7 @@ def _positive_coefficients(c, p, q, xp):
 # -- stationarity ------------------------------------------------------------------
 def _gradient_block(solver, T, rows, block, C_rows):
     xp = solver.xp
-    r, Tc = _residual(solver, T, block, C_rows)
+    r, Tc, block = _residual(solver, T, block, C_rows)
     f64 = xp.float64
     v = xp.astype(block.ivar, f64, copy=False)
     wr = v * xp.astype(r, f64, copy=False)         # chi^2 gradient in the model: -2 ivar r

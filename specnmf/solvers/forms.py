@@ -29,7 +29,8 @@ form calls back through ``rule.coefficient_update``.
 
 :func:`select` is the one place a form is chosen.  Every form offers
 ``name``, ``crops_blocks`` (whether an engine may crop blocks to the pixels
-their spectra observe), ``block_elements`` (elements per in-memory block it
+their spectra observe), ``reads_packed`` (whether ``prepare`` takes spans
+packed one after another, see :meth:`FusedForm.prepare`), ``block_elements`` (elements per in-memory block it
 runs fastest on), ``prepare`` (given the spans when an engine knows them),
 ``chi2``, ``block_step`` and ``template_terms``.
 """
@@ -84,10 +85,28 @@ def _dense_template_terms(stats, T, xp):
     return xp.astype(stats[0], T.dtype), xp.astype(stats[1], T.dtype)
 
 
+def dense_rows(block, n_pixels):
+    """``block`` with (n, n_pixels) rows: as it is, unless prepared from spans packed
+    one after another (:meth:`FusedForm.prepare` with ``starts``), which are then
+    copied into zeroed rows (for the code that reads whole rows: the fit's checks)."""
+    import numpy as np
+
+    if block.X.ndim == 2:
+        return block
+    lo, hi, starts = (np.asarray(a, np.int64) for a in block.aux)
+    X = np.zeros((lo.size, n_pixels), block.X.dtype)
+    ivar = np.zeros_like(X)
+    for i, (a, b, s) in enumerate(zip(lo.tolist(), hi.tolist(), starts.tolist())):
+        X[i, a:b] = block.X[s + a:s + b]
+        ivar[i, a:b] = block.ivar[s + a:s + b]
+    return Block(X, ivar, block.aux[:2], block.cols)
+
+
 class _BlasForm:
     """What the numpy/BLAS forms share: the prepared block, chi^2 and the step's outline."""
 
     crops_blocks = True
+    reads_packed = False
     block_elements = 1 << 23
 
     def __init__(self, xp):
@@ -208,6 +227,7 @@ class FusedForm:
 
     name = "fused"
     crops_blocks = False
+    reads_packed = True
     block_elements = 1 << 23
 
     def __init__(self, xp):
@@ -215,7 +235,9 @@ class FusedForm:
 
     def prepare(self, X, Xs, ivar, spans=None):
         """The block as the kernel reads it: C-contiguous arrays and each spectrum's observed
-        span, found here unless the engine knows it (``spans``: ``(lo, hi)``)."""
+        span, found here unless the engine knows it (``spans``: ``(lo, hi)``; or
+        ``(lo, hi, starts)`` with 1-D ``X`` and ``ivar`` holding spectrum ``i``'s pixel
+        ``j`` at ``starts[i] + j``: a packed file's spans, read where they lie)."""
         import numpy as np
 
         Xs = np.ascontiguousarray(Xs)
@@ -225,22 +247,27 @@ class FusedForm:
             spans = tuple(np.asarray(s).astype(np.uint64, copy=False) for s in spans)
         return Block(Xs, np.ascontiguousarray(ivar, dtype=Xs.dtype), spans)
 
+    @staticmethod
+    def _spans(block):
+        lo, hi, *starts = block.aux
+        return lo, hi, (starts[0] if starts else None)
+
     def chi2(self, block, C, T, shift):
         # a full pass of the kernel costs less than the residual in numpy
-        lo, hi = block.aux
+        lo, hi, starts = self._spans(block)
         return _kernels.mu_pass(block.ivar, block.X, lo, hi, C, T[:, block.cols],
-                                shift=shift, nearly=True)[1]
+                                shift=shift, nearly=True, starts=starts)[1]
 
     def block_step(self, block, C, T, rule, splits):
         pen_num = pen_den = None
         if splits:
             pen_num = sum(0.5 * neg for _, neg in splits)
             pen_den = sum(0.5 * pos for pos, _ in splits)
-        lo, hi = block.aux
+        lo, hi, starts = self._spans(block)
         C_new, chi, A, D = _kernels.mu_pass(
             block.ivar, block.X, lo, hi, C, T[:, block.cols], shift=rule.shift,
             nearly=rule.nearly, pen_num=pen_num, pen_den=pen_den,
-            zero_division=rule.zero_division)
+            zero_division=rule.zero_division, starts=starts)
         d = T.shape[1]
         return C_new, (chi, gram.widen(A, block.cols, d, self.xp), gram.widen(D, block.cols, d, self.xp))
 

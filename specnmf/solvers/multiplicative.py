@@ -146,6 +146,11 @@ class _Multiplicative(SolverProtocol):
     # -- the protocol ------------------------------------------------------
     takes_spans = True
 
+    def reads_packed(self, n_components):
+        """Whether ``prepare_block`` takes spans packed one after another (see
+        ``SolverProtocol.reads_packed``): with the compiled form."""
+        return self._form(n_components).reads_packed
+
     def prepare_block(self, X, ivar, spans=None):
         """Per-block constants of the form: the (shifted) data and what the form reads with it.
 

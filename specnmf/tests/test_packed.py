@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from specnmf import SpectralNMF, cli
+from specnmf import SpectralNMF, _kernels, cli
 from specnmf import _validation as V
 from specnmf.engine import Packed, Streamed, make_engine
 from specnmf.io import open_packed, pack_spectra, read_spectra
@@ -250,3 +250,22 @@ def test_spans_are_those_of_the_working_precision(tmp_path):
         assert packed.spans(slice(0, 1))[0][0] > lo
         np.testing.assert_array_equal(packed[:], Xd)
         np.testing.assert_array_equal(packed.ivar[:], ivd)
+
+
+@pytest.mark.skipif(not _kernels.available(), reason="numba not installed")
+@pytest.mark.parametrize("solver", ["nearly", "shift"])
+def test_multiplicative_passes_read_the_spans_where_they_lie(tmp_path, monkeypatch, solver):
+    """The compiled multiplicative kernel reads a packed block's spans as they are
+    stored: no pass of the fit makes a dense block, and the result is the one of
+    dense blocks (the test above)."""
+    X, ivar = windowed()
+    pack_spectra(X, ivar, tmp_path / "p.h5")
+    dense = []
+    monkeypatch.setattr(Packed, "_reused_block",
+                        lambda self, rows, real=Packed._reused_block: dense.append(rows) or real(self, rows))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_packed(tmp_path / "p.h5") as packed:
+            model = SpectralNMF(K, solver=solver, max_iter=3, tol=0, random_state=0,
+                                block_size=7).fit(packed)
+    assert dense == [] and np.all(np.isfinite(model.chi2_))
