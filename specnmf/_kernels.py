@@ -230,13 +230,15 @@ def kernel_source(q):
     * ``sum_k(expr)`` becomes ``expr`` for k = 0, ..., q - 1 joined by ``+``;
     * ``{q}`` and ``{NAME}``, for the constants of this module the kernels use
       (``GRAM_ROWS``, ``SCAN_BLOCK``, ``BAD_WEIGHTS``, ``BAD_FLUX``), become
-      their values.
+      their values; ``{MU_PAIRED}`` becomes whether ``q`` is not in
+      ``MU_UNPAIRED``.
 
     The same template and constants always give the same text.
     """
     ku, lu, _ = pairs(q)
     names = {"q": q, "pairs": list(zip(ku.tolist(), lu.tolist()))}
     values = {"q": q, "GRAM_ROWS": GRAM_ROWS, "SCAN_BLOCK": SCAN_BLOCK,
+              "MU_PAIRED": q not in MU_UNPAIRED,
               "BAD_WEIGHTS": BAD_WEIGHTS, "BAD_FLUX": BAD_FLUX}
     return "\n".join(_expand(_template().split("\n"), names, values))
 
@@ -467,6 +469,10 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
     return Cn, float(chi.sum()), A.sum(axis=0), D.sum(axis=0)
 
 
+#: component counts for which the multiplicative kernel sums template statistics one
+#: spectrum at a time, not in pairs: for q = 9 LLVM does not vectorise the pairs' model
+#: loop, and pairs measured 20-30 % slower (faster for every other q of 2-10)
+MU_UNPAIRED = frozenset({9})
 #: rows of weights checked, then summed while still in L2, by the Gram kernel (8: measured)
 GRAM_ROWS = 8
 #: pixels per run of the Gram kernel's sweep over the weights

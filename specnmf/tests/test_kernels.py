@@ -369,7 +369,7 @@ def test_kkt_test_is_one_definition():
     assert 0.2 < np.mean(verdicts) < 0.8         # both verdicts, often near the boundary
 
 
-@pytest.mark.parametrize("q", [1, 4, 7])
+@pytest.mark.parametrize("q", [1, 4, 7, min(_kernels.MU_UNPAIRED)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_pass_adds_every_observed_pixel_once(q, dtype):
     """The fused pass sums template statistics over pairs of spectra where their
@@ -377,7 +377,8 @@ def test_fused_pass_adds_every_observed_pixel_once(q, dtype):
     exactly in small integers (so every sum is exact, in any order, and Shift-NMF's
     update leaves the coefficients as they are), each statistic must be exactly
     C^T (v*x) and C^T (v*(C T)), for spans that are disjoint, nested, partly
-    overlapping, identical, touching or empty, and an odd spectrum left alone."""
+    overlapping, identical, touching or empty, and an odd spectrum left alone
+    (and for a q whose kernel sums one spectrum at a time)."""
     rng = np.random.default_rng(q)
     d = 60
     windows = [(0, 20), (30, 50), (5, 55), (10, 30), (0, 40), (20, 60), (7, 33), (7, 33),
