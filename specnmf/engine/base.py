@@ -16,6 +16,7 @@ import numpy.typing as npt
 from ..backends import asarray, is_numpy_namespace
 from ..protocols import (
     Array,
+    Block,
     BlockFn,
     EngineProtocol,
     PassResult,
@@ -188,12 +189,18 @@ class Engine(EngineProtocol):
                 summarize_block(*self._read(rows)) for rows in self.row_slices())
         return self._summary
 
+    def _prepared_blocks(self, solver: SolverProtocol, C: Array) -> Iterator[tuple[Rows, Block]]:
+        """``(rows, solver.prepare_block(X_b, ivar_b))`` for every block, one at a time:
+        a block is used before the next is asked for (an engine may reuse its buffers)."""
+        for rows, Xb, ib in self.blocks():
+            yield rows, solver.prepare_block(Xb, ib)
+
     def run_pass(self, solver: SolverProtocol, fn: BlockFn, C: Array) -> PassResult:
-        """One pass: ``fn(rows, solver.prepare_block(X_b, ivar_b), C[rows])`` for every block."""
+        """One pass: ``fn(rows, block, C[rows])`` for every prepared block (:meth:`_prepared_blocks`)."""
         parts: list[tuple[Rows, Array | None]] = []
         total = None
-        for rows, Xb, ib in self.blocks():
-            part, stats = fn(rows, solver.prepare_block(Xb, ib), C[rows, ...])
+        for rows, block in self._prepared_blocks(solver, C):
+            part, stats = fn(rows, block, C[rows, ...])
             parts.append((rows, part))
             total = sum_stats(total, stats)
         return parts, _nonempty(total)

@@ -9,13 +9,15 @@ reads spans where they lie (``SolverProtocol.reads_packed``: the
 multiplicative ones) get that range as it is, copied once into a reused 1-D
 buffer; for the others it is scattered into a dense (block_rows, n_pixels)
 buffer that is reused from block to block, clearing only what the previous
-block left outside the new spans, so they read it as any other block.  While a block is computed, the
-operating system reads the next one (``PackedSpectra.will_need``); a thread
-doing that copy measured slower on two cores (benchmarks/README.md).
+block left outside the new spans, so they read it as any other block.  While
+a block is computed, the operating system reads the next one
+(``PackedSpectra.will_need``); a thread doing that copy measured slower on
+two cores (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -23,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ..backends import is_numpy_namespace
-from ..protocols import Array, BlockFn, PassResult, Rows, SolverProtocol
-from .base import DataSummary, Engine, _nonempty, sum_stats
+from ..protocols import Array, Block, Rows, SolverProtocol
+from .base import DataSummary, Engine
 from .streamed import _STREAM_ELEMENTS
 
 __all__ = ["Packed"]
@@ -103,15 +105,11 @@ class Packed(Engine):
         starts = d + (off[:-1] - off[0]) - lo
         return X[:size], iv[:size], (lo, hi, starts)
 
-    def run_pass(self, solver: SolverProtocol, fn: BlockFn, C: Array) -> PassResult:
-        """One pass (see :meth:`Engine.run_pass`), every block read into the same buffers.
-
-        A prepared block may refer to the buffers, so it is used by ``fn``
-        before the next block is read and never kept.
-        """
-        parts: list[tuple[Rows, Array | None]] = []
-        total = None
-        spans = getattr(solver, "takes_spans", False) and is_numpy_namespace(self.xp)
+    def _prepared_blocks(self, solver: SolverProtocol, C: Array) -> Iterator[tuple[Rows, Block]]:
+        """The pass's blocks (see :meth:`Engine._prepared_blocks`), every one read into the
+        same buffers: as packed spans for solvers that read them where they lie, else
+        dense with the file's spans for solvers that take them, else dense."""
+        spans = solver.takes_spans and is_numpy_namespace(self.xp)
         packed = spans and solver.reads_packed(C.shape[1])
         slices = self.row_slices()
         for k, rows in enumerate(slices):
@@ -127,7 +125,4 @@ class Packed(Engine):
                 block = solver.prepare_block(self._to_xp(Xb), self._to_xp(ib))
             if k + 1 < len(slices):
                 self.packed.will_need(slices[k + 1])
-            part, stats = fn(rows, block, C[rows, ...])
-            parts.append((rows, part))
-            total = sum_stats(total, stats)
-        return parts, _nonempty(total)
+            yield rows, block
