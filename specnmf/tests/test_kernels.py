@@ -127,12 +127,14 @@ def test_spans():
     assert lo.tolist() == [1, 0, 0] and hi.tolist() == [4, 0, 5]
 
 
-@pytest.mark.parametrize("q,d", [(5, 50), (_kernels.MAX_Q, 50), (3, 2 * _kernels.SCAN_BLOCK + 44)])
+@pytest.mark.parametrize("q,d", [(5, 50), (_kernels.MAX_Q, 50), (3, 2 * _kernels.SUM_BLOCK + 44)])
 def test_gram_kernel_matches_numpy_and_checks_the_data(q, d):
     X, ivar, _, T = _problem(300, d, q, seed=1)
-    # single observed pixels on both sides of the sweep's run boundaries
-    B = _kernels.SCAN_BLOCK
-    for row, j in enumerate(sorted({0, 1, B - 1, B, 2 * B - 1, 2 * B, d - 2, d - 1} & set(range(d)))):
+    # single observed pixels on both sides of the sums' run boundaries and of
+    # the span search's
+    B, S = _kernels.SUM_BLOCK, _kernels.SCAN_BLOCK
+    edges = {0, 1, S - 1, S, S + 1, 2 * S - 1, 2 * S, B - 1, B, 2 * B - 1, 2 * B, d - S - 1, d - S, d - 2, d - 1}
+    for row, j in enumerate(sorted(edges & set(range(d)))):
         ivar[row] = 0
         ivar[row, j] = 1.5
     ivar[20, :] = -0.0                          # negative zeros are zeros
@@ -153,6 +155,12 @@ def test_gram_kernel_matches_numpy_and_checks_the_data(q, d):
         bad[i, j] = value
         args = (X, bad) if array is ivar else (bad, ivar)
         assert not _kernels.checked_row_grams(*args, T)[2]
+    # a bad weight alone in a row of zeros is its span, and found
+    for j, value in itertools.product(sorted(edges & set(range(d))), (-1.0, np.nan, np.inf)):
+        bad = ivar.copy()
+        bad[21] = 0
+        bad[21, j] = value
+        assert not _kernels.checked_row_grams(X, bad, T)[2]
 
 
 @pytest.mark.parametrize("solver", ["nearly", "shift", "clip", "anls", "apg"])
