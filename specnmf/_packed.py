@@ -444,6 +444,32 @@ class PackedSpectra:
             for name in ("flux", "ivar"):
                 self._advise(name, a, b, mmap.MADV_WILLNEED)
 
+    def release(self, rows: slice) -> None:
+        """Unmap the pages of the spans of ``rows`` from this process once they are used
+        (they stay in the page cache; see :meth:`mapped_spans`)."""
+        start, stop, _ = rows.indices(self.shape[0])
+        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        for name in ("flux", "ivar"):
+            self._release(name, a, b)
+
+    def mapped_spans(self, rows: slice, before: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The stored spans of the consecutive spectra ``rows`` where they lie in the
+        file's memory map, with the ``before`` values that precede them: read-only
+        1-D views ``(flux, ivar)``, nothing copied (reading them reads the file).
+
+        None where that cannot be: the arrays are not mapped (not stored
+        contiguous) or not aligned, or fewer than ``before`` values precede the
+        spans (the first block).  The engine hands such views to the compiled
+        kernel instead of copying each block (:meth:`read_packed_into`), and
+        calls :meth:`release` once a block is used.
+        """
+        start, stop, _ = rows.indices(self.shape[0])
+        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        arrays = [m[1] for m in (self._maps["flux"], self._maps["ivar"]) if m is not None]
+        if a < before or len(arrays) < 2 or not all(x.flags.aligned for x in arrays):
+            return None
+        return arrays[0][a - before:b], arrays[1][a - before:b]
+
     def _release(self, name: str, a: int, b: int) -> None:
         """Unmap the pages of ``name[a:b]`` from this process once they are read.
 
@@ -561,8 +587,7 @@ class PackedSpectra:
         seg_x, seg_i = self.read_packed(rows)
         np.copyto(flux[:b - a], seg_x, casting="same_kind")
         np.copyto(ivar[:b - a], seg_i, casting="same_kind")
-        for name in ("flux", "ivar"):
-            self._release(name, a, b)
+        self.release(rows)
         return b - a
 
     def _scatter(self, rows: slice, X: np.ndarray, iv: np.ndarray,

@@ -6,8 +6,10 @@ unlike :class:`~specnmf.engine.Streamed`, neither validates a block on every
 pass nor needs a pass for :meth:`scan`.  A block of consecutive spectra is
 one contiguous range of the packed arrays.  Solvers whose compiled kernel
 reads spans where they lie (``SolverProtocol.reads_packed``: the
-multiplicative ones) get that range as it is, copied once into a reused 1-D
-buffer; for the others it is scattered into a dense (block_rows, n_pixels)
+multiplicative ones) get that range as it is: in the working precision of
+the file, as views of its memory map (nothing copied: the kernel reads the
+page cache, and the pages are unmapped once the block is used), else copied
+once into a reused 1-D buffer; for the others it is scattered into a dense (block_rows, n_pixels)
 buffer that is reused from block to block, clearing only what the previous
 block left outside the new spans, so they read it as any other block.  While
 a block is computed, the operating system reads the next one
@@ -57,6 +59,7 @@ class Packed(Engine):
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         self._filled: tuple[np.ndarray, np.ndarray] | None = None
         self._flat: tuple[np.ndarray, np.ndarray] | None = None
+        self._flat_rows: tuple[int, int] | None = None
 
     def _read(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         """Fresh dense ``(X_b, ivar_b)``: validated when the file was packed, not again."""
@@ -87,34 +90,49 @@ class Packed(Engine):
         self._filled[0][:m], self._filled[1][:m] = lo, hi
         return X, iv
 
-    def _packed_block(self, rows: slice) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
-        """The block ``rows`` as its packed spans, in the pass's 1-D buffers:
-        ``(X, ivar, (lo, hi, starts))``, spectrum ``i``'s pixel ``j`` at ``starts[i] + j``.
+    def _packed_block(self, rows: slice) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], bool]:
+        """The block ``rows`` as its packed spans: ``(X, ivar, (lo, hi, starts), mapped)``,
+        spectrum ``i``'s pixel ``j`` at ``starts[i] + j``.
 
-        The spans are copied after ``n_pixels`` unused values, so that every
-        ``starts[i] = n_pixels + (offset of span i) - lo[i]`` is >= 0.
+        The spans come with the ``n_pixels`` values before them, so that every
+        ``starts[i] = n_pixels + (offset of span i) - lo[i]`` is >= 0: where
+        they lie in the file's memory map when the working precision is the
+        file's (``mapped``: nothing copied; the caller releases the block's
+        pages once it is used), else copied into the pass's 1-D buffers.
         """
         d = self.n_pixels
         off = self.packed.offsets[rows.start:rows.stop + 1]
         size = d + int(off[-1] - off[0])
-        if self._flat is None or self._flat[0].size < size:
-            self._flat = (np.zeros(size, self.dtype), np.zeros(size, self.dtype))
-        X, iv = self._flat
-        self.packed.read_packed_into(rows, X[d:], iv[d:])
         lo, hi = self.packed.spans(rows)
         starts = d + (off[:-1] - off[0]) - lo
-        return X[:size], iv[:size], (lo, hi, starts)
+        views = self.packed.mapped_spans(rows, d) if self.dtype == self.packed.dtype else None
+        if views is not None:
+            return views[0], views[1], (lo, hi, starts), True
+        if self._flat is None or self._flat[0].size < size:
+            self._flat = (np.zeros(size, self.dtype), np.zeros(size, self.dtype))
+            self._flat_rows = None
+        X, iv = self._flat
+        # the file does not change: a block the buffers still hold (in the file's
+        # precision, the first, on every pass) is not read again
+        if self._flat_rows != (rows.start, rows.stop):
+            self.packed.read_packed_into(rows, X[d:], iv[d:])
+            self._flat_rows = (rows.start, rows.stop)
+        X, iv = X[:size], iv[:size]
+        X.flags.writeable = iv.flags.writeable = False    # as the memory map's
+        return X, iv, (lo, hi, starts), False
 
     def _prepared_blocks(self, solver: SolverProtocol, C: Array) -> Iterator[tuple[Rows, Block]]:
-        """The pass's blocks (see :meth:`Engine._prepared_blocks`), every one read into the
-        same buffers: as packed spans for solvers that read them where they lie, else
-        dense with the file's spans for solvers that take them, else dense."""
+        """The pass's blocks (see :meth:`Engine._prepared_blocks`): as packed spans for
+        solvers that read them where they lie (views of the file's memory map, or
+        the pass's 1-D buffers), else dense with the file's spans for solvers that
+        take them, else dense (in the pass's reused buffers)."""
         spans = solver.takes_spans and is_numpy_namespace(self.xp)
         packed = spans and solver.reads_packed(C.shape[1])
         slices = self.row_slices()
         for k, rows in enumerate(slices):
+            mapped = False
             if packed:
-                Xp, ip, known = self._packed_block(rows)
+                Xp, ip, known, mapped = self._packed_block(rows)
                 block = solver.prepare_block(Xp, ip, spans=known)  # type: ignore[call-arg]
             elif spans:
                 # the fused kernel's spans, known from the file: no pass over ivar to find them
@@ -126,3 +144,5 @@ class Packed(Engine):
             if k + 1 < len(slices):
                 self.packed.will_need(slices[k + 1])
             yield rows, block
+            if mapped:  # used (the pass uses a block before it asks for the next)
+                self.packed.release(rows)

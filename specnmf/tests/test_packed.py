@@ -8,6 +8,7 @@ import pytest
 
 from specnmf import SpectralNMF, _kernels, cli
 from specnmf import _validation as V
+from specnmf._packed import PackedSpectra
 from specnmf.engine import Packed, Streamed, make_engine
 from specnmf.io import open_packed, pack_spectra, read_spectra
 
@@ -269,3 +270,31 @@ def test_multiplicative_passes_read_the_spans_where_they_lie(tmp_path, monkeypat
             model = SpectralNMF(K, solver=solver, max_iter=3, tol=0, random_state=0,
                                 block_size=7).fit(packed)
     assert dense == [] and np.all(np.isfinite(model.chi2_))
+
+
+@pytest.mark.skipif(not _kernels.available(), reason="numba not installed")
+@pytest.mark.parametrize("dtype, mapped", [("float64", True), ("float32", False)])
+def test_blocks_are_read_in_the_memory_map_in_the_files_precision(tmp_path, monkeypatch, dtype, mapped):
+    """In the file's precision every block but the first (which has fewer than
+    n_pixels values before it) reaches the kernel as views of the memory map:
+    nothing copied, its pages released once used; in another precision each
+    block is copied (converted).  The fit is the same either way."""
+    X, ivar = windowed()
+    pack_spectra(X, ivar, tmp_path / "p.h5")              # float64
+    copied, released = [], []
+    for name, log in (("read_packed_into", copied), ("release", released)):
+        real = getattr(PackedSpectra, name)
+        monkeypatch.setattr(PackedSpectra, name, lambda self, rows, *a, real=real, log=log:
+                            log.append(rows.start) or real(self, rows, *a))
+    fit = dict(n_components=K, solver="nearly", max_iter=3, tol=0, random_state=0, block_size=7,
+               dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_packed(tmp_path / "p.h5") as packed:
+            model = SpectralNMF(**fit).fit(packed)
+        reference = SpectralNMF(**fit).fit(X, ivar=ivar)
+    starts = set(range(0, N, 7))
+    assert set(released) == starts                         # every block's pages, once used
+    assert set(copied) == ({0} if mapped else starts)
+    np.testing.assert_array_equal(model.templates_, reference.templates_)
+    np.testing.assert_array_equal(model.chi2_, reference.chi2_)
