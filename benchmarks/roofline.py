@@ -27,7 +27,8 @@ and, once per run, the machine's roofline:
 
 The operations (n=2000, d=5700, q=5 unless said):
 
-* Nearly-NMF and Shift-NMF iterations, float64 and float32, 1 thread, on
+* Nearly-NMF and Shift-NMF iterations, float64 and float32, on 1 thread and
+  on both cores (``--quick``: 1 thread), against the same single-thread read, on
   three observed spans: ``full`` (every pixel observed but ~2 % bad pixels),
   ``wrapped`` (the simulated ~40 % window rolled so it wraps around the
   grid: one missing chunk per spectrum, a span of the whole grid) and
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import logging
 import os
 import sys
@@ -82,16 +84,18 @@ def make_config(quick=False, smoke=False):
     """Sizes, iteration counts and repeats of a full, ``--quick`` or ``--smoke`` run."""
     cfg = {"fit": {"n": 2000, "d": 5700, "q": 5, "spans": list(SPANS), "iters": 20,
                    "solvers": {"float64": ["nearly", "shift", "anls", "apg"],
-                               "float32": ["nearly", "shift"]}},
+                               "float32": ["nearly", "shift"]},
+                   # the iterations on both cores too, against the same single-thread read
+                   "threads": [1, 2]},
            "transform": {"n": 5000, "d": 3000, "q": 5, "threads": [1, 2], "repeats": 11},
            "read_repeats": 7, "roof_repeats": 9}
     if quick:
-        cfg["fit"].update(iters=4, spans=["full", "narrow"])
+        cfg["fit"].update(iters=4, spans=["full", "narrow"], threads=[1])
         cfg["transform"].update(repeats=3)
         cfg.update(read_repeats=3, roof_repeats=2)
     if smoke:
         # tiny sizes: exercises every code path in seconds; the numbers mean nothing
-        cfg["fit"].update(n=80, d=300, iters=3)
+        cfg["fit"].update(n=80, d=300, iters=3, threads=[1])
         cfg["transform"].update(n=100, d=200, repeats=2)
         cfg.update(read_repeats=2, roof_repeats=1)
     return cfg
@@ -127,12 +131,11 @@ def counts(op, *, q, d, span, itemsize):
         # solves are per spectrum/pixel, not per element, and left out.
         return {"bytes": 4 * span * itemsize, "flops": span * (4 * p + 4 * q)}
     if op == "transform":
-        # the Gram kernel (gram_q in _kernel_template.py.in): a sweep over the
-        # whole ivar row (sum: 1 per pixel), then per pixel of the span v*x (1),
-        # three prefetch adds (3), u = v*t (q), b += (2q), G += (2p).  The
-        # weights are read once (the second loop finds them in cache), the
-        # flux over the span.
-        return {"bytes": (d + span) * itemsize, "flops": d + span * (2 * p + 3 * q + 4)}
+        # the Gram kernel (gram_q in _kernel_template.py.in): the weights outside
+        # the span searched for zeros (read, not counted as flops), then per pixel
+        # of the span the weights' sum (1), v*x (1), u = v*t (q), b += (2q),
+        # G += (2p).  Every weight is read once, the flux over the span.
+        return {"bytes": (d + span) * itemsize, "flops": span * (2 * p + 3 * q + 2)}
     raise ValueError(f"unknown operation {op!r}")
 
 
@@ -302,7 +305,7 @@ def _row(op, label, dtype, threads, time_s, read_s, read_label, cnt, n, roof):
 
 def run(cfg):
     """All measurements of one run; returns ``{"roof", "rows", "raw"}``."""
-    threads = sorted(set([1] + cfg["transform"]["threads"]))
+    threads = sorted(set([1] + cfg["transform"]["threads"] + cfg["fit"]["threads"]))
     roof = {t: _measure({"kind": "roof", "threads": t, "repeats": cfg["roof_repeats"]})
             for t in threads}
     failed = [t for t, r in roof.items() if not r.get("ok")]
@@ -310,13 +313,13 @@ def run(cfg):
         raise RuntimeError(f"roofline measurement failed: {roof[failed[0]].get('error')}")
     rows, raw = [], {"fit": [], "transform": []}
     f = cfg["fit"]
-    for dtype, solvers in f["solvers"].items():
+    for t, (dtype, solvers) in itertools.product(f["threads"], f["solvers"].items()):
         for span in f["spans"]:
             res = _measure({"kind": "fit", "n": f["n"], "d": f["d"], "q": f["q"],
                             "dtype": dtype, "span": span, "solvers": solvers,
                             "iters": f["iters"], "read_repeats": cfg["read_repeats"],
-                            "threads": 1})
-            raw["fit"].append(dict(res, dtype=dtype, span=span))
+                            "threads": t})
+            raw["fit"].append(dict(res, dtype=dtype, span=span, threads=t))
             if not res.get("ok"):
                 continue
             label = f"n={f['n']} d={f['d']} q={f['q']}, {span} ({res['observed']:.0%} observed)"
@@ -325,7 +328,7 @@ def run(cfg):
                 # fused kernel over each spectrum's span
                 span_px = res["span"] if solver in ("nearly", "shift") else f["d"]
                 cnt = counts(solver, q=f["q"], d=f["d"], span=span_px, itemsize=res["itemsize"])
-                rows.append(_row(solver, label, dtype, 1, s["time_s"], res["read_s"],
+                rows.append(_row(solver, label, dtype, t, s["time_s"], res["read_s"],
                                  "numpy sum, 1 thread", cnt, f["n"], roof))
     c = cfg["transform"]
     for t in c["threads"]:

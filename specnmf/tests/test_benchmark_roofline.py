@@ -52,7 +52,8 @@ def test_roofline_script_end_to_end(tmp_path, capsys):
     expected = {(op, dt) for dt, ops in cfg["fit"]["solvers"].items() for op in ops}
     expected.add(("transform", "float64"))
     assert {(r["operation"], r["dtype"]) for r in results["rows"]} == expected
-    n_fit = sum(len(ops) for ops in cfg["fit"]["solvers"].values()) * len(cfg["fit"]["spans"])
+    n_fit = (sum(len(ops) for ops in cfg["fit"]["solvers"].values()) * len(cfg["fit"]["spans"])
+             * len(cfg["fit"]["threads"]))
     assert len(results["rows"]) == n_fit + len(cfg["transform"]["threads"])
     for r in results["rows"]:
         assert r["time_s"] > 0 and r["read_s"] > 0
