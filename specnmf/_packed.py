@@ -41,11 +41,13 @@ HDF5 is already how large spectra sets travel, is self-describing (h5py,
 to the data.  Contiguous uncompressed storage puts each array at one byte
 offset in the file (``Dataset.id.get_offset()``), so the reader maps it
 read-only there (``mmap``): a block of spectra is one contiguous range of
-the map, copied straight into the engine's dense buffers (one copy: a
-``read`` into a staging buffer costs a second one), with no HDF5 call, no
-chunk cache and exactly the observed spans read.  Each range is unmapped
-again once copied (``madvise(MADV_DONTNEED)``; the page cache keeps it), so
-a pass does not count the whole file in the process's resident memory.
+the map, with no HDF5 call, no chunk cache and exactly the observed spans
+read.  The multiplicative solvers' compiled kernel reads that range where it
+lies (:meth:`PackedSpectra.mapped_spans`: nothing copied); for the others it
+is copied straight into the engine's dense buffers (one copy: a ``read``
+into a staging buffer costs a second one).  Each range is unmapped again
+once used (``madvise(MADV_DONTNEED)``; the page cache keeps it), so a pass
+does not count the whole file in the process's resident memory.
 Compression would shrink the file further but costs more to decode than a
 read from the page cache.
 
