@@ -44,8 +44,8 @@ numba = _UNSET
 
 logger = logging.getLogger("specnmf")
 
-__all__ = ["available", "worthwhile", "MIN_WORK", "MAX_Q", "spans", "mu_pass", "checked_row_grams", "fit_row_grams",
-           "num_threads"]
+__all__ = ["available", "worthwhile", "MIN_WORK", "MAX_Q", "spans", "mu_pass", "gradient_pass",
+           "checked_row_grams", "fit_row_grams", "num_threads"]
 
 #: largest number of components with an unrolled kernel (register pressure beyond)
 MAX_Q = 10
@@ -385,7 +385,7 @@ def _kernel_functions(q):
 
 
 def _jit_kernel(q, name):
-    """The compiled kernel ``name`` (``mu``, ``gram``, ``rows``) for ``q`` components."""
+    """The compiled kernel ``name`` (``mu``, ``grad``, ``gram``, ``rows``) for ``q`` components."""
     return _njit(_kernel_functions(q)[f"{name}_q{q}"], fastmath=_FASTMATH)
 
 
@@ -475,6 +475,49 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
     _map(work, range(len(chunks)), threads or num_threads())
     # chunk sums in a fixed order: the result does not depend on the thread count
     return Cn, float(chi.sum()), A.sum(axis=0), D.sum(axis=0)
+
+
+@lru_cache(maxsize=None)
+def _grad_kernel(q):
+    return _jit_kernel(q, "grad")
+
+
+def gradient_pass(v, x, lo, hi, C, T, *, shift=0.0, threads=None, starts=None):
+    """chi^2's gradient and Hessian diagonal at ``(C, T)`` on a block, in float64.
+
+    The compiled form of the fit's stationarity check
+    (:func:`specnmf.solvers._health.stationarity`) for the blocks of
+    :func:`mu_pass` (same ``v``, ``x``, ``lo``, ``hi``, ``starts``, ``shift``):
+    one read of each spectrum's span, none of a dense block.
+
+    Returns
+    -------
+    gC, hC : ndarrays of shape (n, q)
+        ``-2 sum_j v r t_k`` and ``2 sum_j v t_k^2``, with ``r = x - shift - C T``.
+    gT, hT : ndarrays of shape (q, d)
+        ``-2 C^T (v r)`` and ``2 (C * C)^T v``.
+    """
+    n = lo.shape[0]
+    q, d = T.shape
+    if starts is None:
+        starts = np.arange(n, dtype=np.uint64) * np.uint64(d)
+        v, x = v.reshape(-1), x.reshape(-1)
+    kernel = _grad_kernel(q)
+    C, T = np.ascontiguousarray(C), np.ascontiguousarray(T)
+    chunks = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+    gC = np.empty((n, q))
+    hC = np.empty((n, q))
+    GT = np.zeros((len(chunks), q, d))
+    HT = np.zeros((len(chunks), q, d))
+
+    def work(c):
+        s, e = chunks[c]
+        kernel(v, x, starts[s:e], lo[s:e], hi[s:e], C[s:e], T, float(shift), gC[s:e], hC[s:e],
+               GT[c], HT[c])
+
+    _map(work, range(len(chunks)), threads or num_threads())
+    # chunk sums in a fixed order: the result does not depend on the thread count
+    return -2 * gC, 2 * hC, -2 * GT.sum(axis=0), 2 * HT.sum(axis=0)
 
 
 #: component counts for which the multiplicative kernel sums template statistics one

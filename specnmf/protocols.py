@@ -199,6 +199,14 @@ class SolverProtocol(Protocol):
         """chi^2 of one block at ``(C, T)`` (evaluation only)."""
         ...
 
+    def block_gradient(self, block: Block, C: Array, T: Array
+                       ) -> tuple[Array, Array, Array, Array] | None:
+        """chi^2's gradient and Hessian diagonal at ``(C, T)`` on one block, for the
+        fit's stationarity check: ``(gC, hC)`` of shape (n_b, q) and ``(gT, hT)`` of
+        shape (q, block's pixels), float64; or None (default), and the check computes
+        them from the block's residual."""
+        return None
+
     def templates_step(self, T: Array, stats: Sequence[Stat], C: Array | None = ...) -> Array:
         """New templates from the summed template statistics."""
         ...

@@ -198,6 +198,12 @@ def _positive_coefficients(c, p, q, xp):
 # -- stationarity ------------------------------------------------------------------
 def _gradient_block(solver, T, rows, block, C_rows):
     xp = solver.xp
+    d = T.shape[1]
+    compiled = solver.block_gradient(block, C_rows, T)
+    if compiled is not None:
+        gC, hC, gT, hT = compiled
+        return xp.concat([gC, hC], axis=1), (0.0, gram.widen(gT, block.cols, d, xp),
+                                             gram.widen(hT, block.cols, d, xp))
     r, Tc, block = _residual(solver, T, block, C_rows)
     f64 = xp.float64
     v = xp.astype(block.ivar, f64, copy=False)
@@ -208,7 +214,6 @@ def _gradient_block(solver, T, rows, block, C_rows):
     hC = 2 * (v @ (Tt * Tt))                      # diagonal of the Hessian in C
     gT = -2 * (xp.matrix_transpose(C64) @ wr)
     hT = 2 * (xp.matrix_transpose(C64 * C64) @ v)
-    d = T.shape[1]
     return xp.concat([gC, hC], axis=1), (0.0, gram.widen(gT, block.cols, d, xp),
                                          gram.widen(hT, block.cols, d, xp))
 

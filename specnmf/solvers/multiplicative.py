@@ -165,6 +165,10 @@ class _Multiplicative(SolverProtocol):
         """chi^2 of the *unshifted* data of one block at (C, T) (see :mod:`specnmf.objective`)."""
         return self._form(T.shape[0]).chi2(block, C, T, self.shift)
 
+    def block_gradient(self, block, C, T):
+        """chi^2's gradient and Hessian diagonal on one block, where the form computes them."""
+        return self._form(T.shape[0]).gradient(block, C, T, self.shift)
+
     def block_step(self, block, C, T, *, rows=slice(None), C_all=None):
         """New coefficients of one block, its template statistics, and chi^2 at (C, T).
 

@@ -6,6 +6,7 @@ the same update rules, whatever the masks, chunking or thread count.
 """
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -119,6 +120,50 @@ def test_alternating_iteration_compiled_matches_blas(name, n, q, penalised):
     np.testing.assert_allclose(C_k, C_r, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(T_k, T_r, rtol=1e-10, atol=1e-12)
     assert chi_k == pytest.approx(chi_r, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("q", [1, 5, _kernels.MAX_Q])
+def test_gradient_pass_is_the_gradient_of_chi2(q, dtype):
+    """The stationarity check's compiled pass: chi^2's gradient and Hessian diagonal
+    in both factors, in float64, from rows or from spans packed one after another."""
+    X, ivar, C, T = _problem(600, 90, q, seed=4, dtype=dtype)
+    lo, hi = _kernels.spans(ivar)
+    shift = 0.3
+    X64, v, C64, T64 = (a.astype(np.float64) for a in (X, ivar, C, T))
+    wr = v * (X64 - shift - C64 @ T64)
+    expected = (-2 * wr @ T64.T, 2 * v @ (T64 * T64).T, -2 * C64.T @ wr, 2 * (C64 * C64).T @ v)
+    # the same spans packed one after another, after n_pixels values never read (NaN)
+    pad = X.shape[1]
+    sizes = (hi - lo).astype(np.int64)
+    offsets = pad + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    vp, xp_ = np.full(pad + sizes.sum(), np.nan, dtype), np.full(pad + sizes.sum(), np.nan, dtype)
+    for i, (a, b, o) in enumerate(zip(lo.tolist(), hi.tolist(), offsets.tolist())):
+        vp[o:o + b - a], xp_[o:o + b - a] = ivar[i, a:b], X[i, a:b]
+    starts = (offsets - lo.astype(np.int64)).astype(np.uint64)
+    for got in (_kernels.gradient_pass(ivar, X, lo, hi, C, T, shift=shift),
+                _kernels.gradient_pass(vp, xp_, lo, hi, C, T, shift=shift, starts=starts)):
+        for g, e in zip(got, expected):
+            assert g.dtype == np.float64
+            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12 * np.abs(e).max())
+
+
+@pytest.mark.parametrize("solver", ["nearly", "shift", "clip"])
+def test_stationarity_from_the_compiled_gradient(monkeypatch, solver):
+    """The fit's stationarity is the same from the compiled pass as from the residual."""
+    X, ivar, _, _ = _problem(300, 70, 3, seed=6)
+    fit = dict(n_components=3, solver=solver, max_iter=15, tol=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = SpectralNMF(**fit).fit(X, ivar=ivar)
+        monkeypatch.setattr(_kernels, "gradient_pass", lambda *a, **k: pytest.fail("called"))
+        with pytest.raises(pytest.fail.Exception):
+            SpectralNMF(**fit).fit(X, ivar=ivar)
+        monkeypatch.setattr(type(_solver(solver, "auto", X, ivar, ())), "block_gradient",
+                            lambda self, block, C, T: None)
+        numpy = SpectralNMF(**fit).fit(X, ivar=ivar)
+    np.testing.assert_array_equal(compiled.templates_, numpy.templates_)
+    assert compiled.stationarity_ == pytest.approx(numpy.stationarity_, rel=1e-12)
 
 
 def test_spans():
@@ -284,7 +329,7 @@ def test_kernel_source_is_the_template_expanded(q):
     assert source == _kernels.kernel_source(q)
     assert "unrolled(" not in source and "sum_k(" not in source and "{" not in source
     functions = {f.name: f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef)}
-    assert set(functions) == {f"mu_q{q}", f"gram_q{q}", f"rows_q{q}"}
+    assert set(functions) == {f"mu_q{q}", f"grad_q{q}", f"gram_q{q}", f"rows_q{q}"}
     ku, lu, _ = pairs(q)
     stores = [f"G[i, {p}] = g{k}_{l}" for p, (k, l) in enumerate(zip(ku, lu))]
     lines = [line.strip() for line in source.splitlines()]

@@ -257,19 +257,24 @@ def test_spans_are_those_of_the_working_precision(tmp_path):
 @pytest.mark.parametrize("solver", ["nearly", "shift"])
 def test_multiplicative_passes_read_the_spans_where_they_lie(tmp_path, monkeypatch, solver):
     """The compiled multiplicative kernel reads a packed block's spans as they are
-    stored: no pass of the fit makes a dense block, and the result is the one of
-    dense blocks (the test above)."""
+    stored: no pass of the fit makes a dense block, not even the final stationarity
+    check's (a compiled gradient pass), and the result is the one of dense blocks
+    (the test above)."""
+    from specnmf.solvers import forms
+
     X, ivar = windowed()
     pack_spectra(X, ivar, tmp_path / "p.h5")
     dense = []
     monkeypatch.setattr(Packed, "_reused_block",
                         lambda self, rows, real=Packed._reused_block: dense.append(rows) or real(self, rows))
+    monkeypatch.setattr(forms, "dense_rows",
+                        lambda block, d, real=forms.dense_rows: dense.append(d) or real(block, d))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with open_packed(tmp_path / "p.h5") as packed:
             model = SpectralNMF(K, solver=solver, max_iter=3, tol=0, random_state=0,
                                 block_size=7).fit(packed)
-    assert dense == [] and np.all(np.isfinite(model.chi2_))
+    assert dense == [] and np.all(np.isfinite(model.chi2_)) and np.isfinite(model.stationarity_)
 
 
 @pytest.mark.skipif(not _kernels.available(), reason="numba not installed")
