@@ -389,6 +389,20 @@ def _jit_kernel(q, name):
     return _njit(_kernel_functions(q)[f"{name}_q{q}"], fastmath=_FASTMATH)
 
 
+def _span_layout(v, x, starts, n, d):
+    """What the span kernels (``mu_q``, ``grad_q``) read: ``(v, x, starts, chunks)``.
+
+    ``v`` and ``x`` 1-D, spectrum ``i``'s pixel ``j`` at ``starts[i] + j`` (the
+    rows of (n, d) arrays, unless ``starts`` is given), and the chunks of
+    ``CHUNK`` spectra, ``(start, stop)``, that the threads share and whose sums
+    are added in a fixed order.
+    """
+    if starts is None:
+        starts = np.arange(n, dtype=np.uint64) * np.uint64(d)
+        v, x = v.reshape(-1), x.reshape(-1)
+    return v, x, starts, [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
+
+
 @lru_cache(maxsize=None)
 def _mu_kernel(q):
     return _jit_kernel(q, "mu")
@@ -436,9 +450,7 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
     """
     n = lo.shape[0]
     q, d = T.shape
-    if starts is None:
-        starts = np.arange(n, dtype=np.uint64) * np.uint64(d)
-        v, x = v.reshape(-1), x.reshape(-1)
+    v, x, starts, chunks = _span_layout(v, x, starts, n, d)
     kernel = _mu_kernel(q)
     dt = T.dtype
     zero = dt.type(0)
@@ -446,7 +458,6 @@ def mu_pass(v, x, lo, hi, C, T, *, shift=0.0, nearly, pen_num=None, pen_den=None
         pen_num = np.zeros((n, q), dtype=dt)
     if pen_den is None:
         pen_den = np.zeros((n, q), dtype=dt)
-    chunks = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
     Cn = np.empty_like(C)
     A = np.zeros((len(chunks), q, d))
     D = np.zeros((len(chunks), q, d))
@@ -499,12 +510,9 @@ def gradient_pass(v, x, lo, hi, C, T, *, shift=0.0, threads=None, starts=None):
     """
     n = lo.shape[0]
     q, d = T.shape
-    if starts is None:
-        starts = np.arange(n, dtype=np.uint64) * np.uint64(d)
-        v, x = v.reshape(-1), x.reshape(-1)
+    v, x, starts, chunks = _span_layout(v, x, starts, n, d)
     kernel = _grad_kernel(q)
     C, T = np.ascontiguousarray(C), np.ascontiguousarray(T)
-    chunks = [(s, min(n, s + CHUNK)) for s in range(0, n, CHUNK)]
     gC = np.empty((n, q))
     hC = np.empty((n, q))
     GT = np.zeros((len(chunks), q, d))
