@@ -417,6 +417,11 @@ class PackedSpectra:
             mm.madvise(mmap.MADV_SEQUENTIAL)  # blocks are read in order: read ahead
         return mm, np.frombuffer(mm, self.dtype, dset.shape[0], offset - start), offset - start
 
+    def _values(self, rows: slice) -> tuple[int, int]:
+        """``(a, b)``: the consecutive spectra ``rows`` are values ``a:b`` of the packed arrays."""
+        start, stop, _ = rows.indices(self.shape[0])
+        return int(self.offsets[start]), int(self.offsets[max(start, stop)])
+
     def _range(self, name: str, a: int, b: int) -> np.ndarray:
         mapped = self._maps[name]
         return self._file[name][a:b] if mapped is None else mapped[1][a:b]
@@ -441,16 +446,14 @@ class PackedSpectra:
         on a warm one it costs a lookup of the pages.
         """
         if hasattr(mmap, "MADV_WILLNEED"):
-            start, stop, _ = rows.indices(self.shape[0])
-            a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+            a, b = self._values(rows)
             for name in ("flux", "ivar"):
                 self._advise(name, a, b, mmap.MADV_WILLNEED)
 
     def release(self, rows: slice) -> None:
         """Unmap the pages of the spans of ``rows`` from this process once they are used
         (they stay in the page cache; see :meth:`mapped_spans`)."""
-        start, stop, _ = rows.indices(self.shape[0])
-        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        a, b = self._values(rows)
         for name in ("flux", "ivar"):
             self._release(name, a, b)
 
@@ -465,8 +468,7 @@ class PackedSpectra:
         kernel instead of copying each block (:meth:`read_packed_into`), and
         calls :meth:`release` once a block is used.
         """
-        start, stop, _ = rows.indices(self.shape[0])
-        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        a, b = self._values(rows)
         arrays = [m[1] for m in (self._maps["flux"], self._maps["ivar"]) if m is not None]
         if a < before or len(arrays) < 2 or not all(x.flags.aligned for x in arrays):
             return None
@@ -572,8 +574,7 @@ class PackedSpectra:
         file's memory map (reading them reads the file), or arrays read by
         h5py if the file was not written contiguous.
         """
-        start, stop, _ = rows.indices(self.shape[0])
-        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        a, b = self._values(rows)
         return self._range("flux", a, b), self._range("ivar", a, b)
 
     def read_packed_into(self, rows: slice, flux: np.ndarray, ivar: np.ndarray) -> int:
@@ -584,8 +585,7 @@ class PackedSpectra:
         (:meth:`specnmf.protocols.SolverProtocol.reads_packed`): one copy of
         the observed bytes, no dense block.
         """
-        start, stop, _ = rows.indices(self.shape[0])
-        a, b = int(self.offsets[start]), int(self.offsets[max(start, stop)])
+        a, b = self._values(rows)
         seg_x, seg_i = self.read_packed(rows)
         np.copyto(flux[:b - a], seg_x, casting="same_kind")
         np.copyto(ivar[:b - a], seg_i, casting="same_kind")
