@@ -47,8 +47,10 @@ class _Alternating(SolverProtocol):
         # them (the caller passes n_components then, as to the multiplicative solvers)
         self.compiled = gram.fit_kernels_apply(xp, n_components)
         # blocks may be cropped to the pixels their spectra observe (see
-        # engine.InMemory), unless a penalty reads neighbouring spectra in order
-        self.crops_blocks = not any(p.needs_all_coefficients for p in self.penalties)
+        # engine.InMemory), unless a penalty reads neighbouring spectra in order;
+        # the compiled kernels skip each spectrum's unobserved pixels themselves
+        self.crops_blocks = not (self.compiled
+                                 or any(p.needs_all_coefficients for p in self.penalties))
 
     def prepare_key(self):
         return ("gram", self.compiled)
@@ -61,7 +63,7 @@ class _Alternating(SolverProtocol):
     def prepare_block(self, X, ivar):
         xp = self.xp
         vx2 = objective.spectrum_chi2(X, ivar, xp)        # chi^2 at a zero model
-        if self.compiled and X.dtype == xp.float64:
+        if self.compiled:
             # as the kernels read it: C-contiguous, with each spectrum's observed span
             ivar, spans = gram.fit_prepare(ivar)
             return Block(X, ivar, (ivar * X, vx2, spans))
@@ -104,7 +106,9 @@ class _Alternating(SolverProtocol):
         T_full = T
         T, Tt, PT = gram.crop(T, self._tprod(T, xp), block.cols)   # the block's pixels
         if spans is not None:
+            # summed in float64 whatever the data's dtype; the solves then take that dtype
             Gp, a = gram.fit_row_grams(block.ivar, vx, T, spans)
+            Gp, a = xp.astype(Gp, C.dtype, copy=False), xp.astype(a, C.dtype, copy=False)
         else:
             Gp = gram.row_grams(block.ivar, T, xp, PT=PT)
             a = vx @ Tt
@@ -124,8 +128,11 @@ class _Alternating(SolverProtocol):
         C_new, _ = coefficients.from_grams(gram.unpack(Gp, q, xp), a, T_full, C,
                                            penalties=self.penalties, xp=xp, rows=rows,
                                            C_all=C_all, sweeps=1, solve=solve)
-        A = xp.astype(xp.matrix_transpose(C_new) @ vx, xp.float64)
-        Gpix = xp.astype(gram.pixel_grams(block.ivar, C_new, xp), xp.float64)
+        if spans is not None:
+            A, Gpix = gram.fit_pixel_stats(block.ivar, vx, C_new, spans)
+        else:
+            A = xp.astype(xp.matrix_transpose(C_new) @ vx, xp.float64)
+            Gpix = xp.astype(gram.pixel_grams(block.ivar, C_new, xp), xp.float64)
         return self._join_rows(C_new, info), (chi, gram.widen(A, block.cols, d, xp),
                                               gram.widen(Gpix, block.cols, d, xp))
 
@@ -163,11 +170,11 @@ class ANLS(_Alternating):
     name = "anls"
 
     def _solve(self, G, b, F, which, extra, info):
-        if self.compiled and which == "coefficients" and G.dtype == self.xp.float64:
+        if self.compiled and G.dtype == self.xp.float64:
             # the compiled solves (nnls_gram(packed=True)), without the per-call cost of
-            # the batched pivoting on every block's small batch.  Not for the templates:
-            # a pixel seen by few spectra has a singular problem, whose minimisers the
-            # two methods may choose differently (the same chi^2, other templates)
+            # the batched pivoting.  A singular problem (a pixel seen by few spectra),
+            # whose minimisers the two methods could choose differently, has a small
+            # pivot: the compiled solves hand it to the pivoting
             ku, lu, _ = gram.pairs(G.shape[-1])
             return nnls_gram(G[:, ku, lu], b, x0=F, packed=True), None
         return coefficients.exact(G, b, F, self.xp), None

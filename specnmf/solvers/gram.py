@@ -130,9 +130,17 @@ def fit_prepare(ivar):
 
 
 def fit_row_grams(ivar_b, vx, T, spans):
-    """``row_grams(ivar_b, T, np, X=X)`` of validated float64 fit data by the compiled kernel, from
-    ``vx = ivar_b * X`` and the spectra's observed ``spans``; sums in another order than BLAS."""
+    """``row_grams(ivar_b, T, np, X=X)`` of validated fit data by the compiled kernel, from
+    ``vx = ivar_b * X`` and the spectra's observed ``spans``: float64, summed in another
+    order than BLAS (and, for float32 data, in float64)."""
     return _kernels.fit_row_grams(ivar_b, vx, T, *spans)
+
+
+def fit_pixel_stats(ivar_b, vx, C, spans):
+    """``(C.T @ vx, pixel_grams(ivar_b, C, np))`` of validated fit data by the compiled
+    kernel, with the spectra's observed ``spans``: float64, summed in another order than
+    BLAS (and, for float32 data, in float64)."""
+    return _kernels.fit_pixel_stats(ivar_b, vx, C, *spans)
 
 
 def _row_grams64(X, ivar, T):

@@ -481,9 +481,8 @@ def _nnls_packed(G, b, x0, max_iter):
     x = np.zeros((m, q))
     status = np.full(m, _kernels.HARD, dtype=np.int8)
     if m and _kernels.available() and q <= _kernels.MAX_Q:
-        _kernels._compile_helpers()          # else _nnls_rows would run as plain Python
         status[:] = _kernels.SOLVED
-        _kernels._nnls_rows(G, b, x, status, *KERNEL_PIVOTS, *KERNEL_KKT)
+        _kernels.nnls_rows(G, b, x, status, *KERNEL_PIVOTS, *KERNEL_KKT)
     return x, hand_off(G, b, x, status, max_iter, x0)
 
 
