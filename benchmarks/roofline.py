@@ -108,8 +108,7 @@ def counts(op, *, q, d, span, itemsize):
     """Bytes moved from memory and flops of one spectrum of ``op`` (a multiply-add is 2 flops).
 
     ``span`` is the mean number of pixels a kernel visits per spectrum (its
-    observed span, or ``d`` for the BLAS forms, which run over every pixel of
-    a block cropped to the union of its spectra's spans).  The templates and
+    observed span; a BLAS form would run over every pixel of its block).  The templates and
     the per-pixel accumulators (q x d each) are reused by every spectrum and
     stay in cache, so only the per-spectrum data count as memory traffic.
     """
@@ -123,12 +122,13 @@ def counts(op, *, q, d, span, itemsize):
         # (the three loops re-read the row from cache).
         return {"bytes": 2 * span * itemsize, "flops": span * (12 * q + 11)}
     if op in ("anls", "apg"):
-        # the Gram form (anls._Alternating.block_step): row Grams (2p) and
-        # a = (ivar*X) T^T (2q), compiled (rows_q) over each spectrum's span, or
-        # BLAS over every pixel; then at the new coefficients C^T (ivar*X) (2q)
-        # and the pixel Grams P(C)^T ivar (2p) by BLAS: ivar and the stored
-        # ivar*X are each read twice (at most: the row pass reads the spans).  The n + d small q x q
-        # solves are per spectrum/pixel, not per element, and left out.
+        # the Gram form (anls._Alternating.block_step), compiled: row Grams (2p)
+        # and a = (ivar*X) T^T (2q) over each spectrum's span (rows_q); then at the
+        # new coefficients C^T (ivar*X) (2q) and the pixel Grams P(C)^T ivar (2p)
+        # (pixels_q, over groups of spectra by their spans' union: a little more
+        # than the spans).  ivar and the stored ivar*X are each read twice.  The
+        # n + d small q x q solves are per spectrum/pixel, not per element, and
+        # left out.
         return {"bytes": 4 * span * itemsize, "flops": span * (4 * p + 4 * q)}
     if op == "transform":
         # the Gram kernel (gram_q in _kernel_template.py.in): the weights outside
@@ -324,10 +324,9 @@ def run(cfg):
                 continue
             label = f"n={f['n']} d={f['d']} q={f['q']}, {span} ({res['observed']:.0%} observed)"
             for solver, s in res["solvers"].items():
-                # a BLAS form runs over every pixel of its (cropped) block, the
-                # fused kernel over each spectrum's span
-                span_px = res["span"] if solver in ("nearly", "shift") else f["d"]
-                cnt = counts(solver, q=f["q"], d=f["d"], span=span_px, itemsize=res["itemsize"])
+                # the compiled kernels run over each spectrum's span
+                cnt = counts(solver, q=f["q"], d=f["d"], span=res["span"],
+                             itemsize=res["itemsize"])
                 rows.append(_row(solver, label, dtype, t, s["time_s"], res["read_s"],
                                  "numpy sum, 1 thread", cnt, f["n"], roof))
     c = cfg["transform"]
