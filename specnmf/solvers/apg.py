@@ -12,6 +12,12 @@ in through their quadratic models) and the extrapolation weight
 ``w_k = min((t_{k-1} - 1) / t_k, delta * sqrt(L_{k-1} / L_k))`` of Xu & Yin's
 eq. (1.4)-(1.5), delta = 0.9999.
 
+Where the compiled kernels apply (numpy, float64), lambda_max is found by
+Laguerre's method from above (:func:`specnmf._kernels.largest_eigenvalues`:
+every iterate is an upper bound, so the step never overshoots) and the whole
+step is one compiled sweep (:func:`specnmf._kernels.apg_steps`); elsewhere by
+``eigvalsh`` and array operations.
+
 Restart: Xu & Yin redo a step without extrapolation when it increases the
 objective.  Here every block's objective is an exact quadratic, so the check is
 made per block, at no extra pass over the data: a block whose extrapolated
