@@ -979,10 +979,11 @@ def largest_eigenvalues(G, *, threads=None):
     """The largest eigenvalue of each of many small symmetric matrices, from above.
 
     ``numpy.linalg.eigvalsh(G)[:, -1]`` to ~1e-14 relative, for the APG solver's
-    step sizes, without LAPACK's per-matrix cost (7x faster for 5 x 5 Grams,
-    measured).  Laguerre's method on the characteristic polynomial, whose roots
-    are all real, started above the largest (Gershgorin's bound) moves down to it
-    monotonically: each iterate is an upper bound, cubically convergent at a
+    step sizes, without LAPACK's per-matrix cost (2.4x faster than ``eigvalsh`` on
+    5700 Grams of 5 x 5, one thread, measured).  Laguerre's method on the
+    characteristic polynomial, whose roots are all real, started above the largest
+    (Gershgorin's bound) moves down to it monotonically: each iterate is an upper
+    bound, cubically convergent at a
     simple eigenvalue, exact at once for a multiple one that is the only
     eigenvalue.  A step needs ``trace((mu I - G)^-1)`` and its Frobenius norm
     squared, from the Cholesky factor of ``mu I - G``; where that is no longer
