@@ -983,11 +983,10 @@ def largest_eigenvalues(G, *, threads=None):
     5700 Grams of 5 x 5, one thread, measured).  Laguerre's method on the
     characteristic polynomial, whose roots are all real, started above the largest
     (Gershgorin's bound) moves down to it monotonically: each iterate is an upper
-    bound, cubically convergent at a
-    simple eigenvalue, exact at once for a multiple one that is the only
-    eigenvalue.  A step needs ``trace((mu I - G)^-1)`` and its Frobenius norm
-    squared, from the Cholesky factor of ``mu I - G``; where that is no longer
-    positive definite, mu equals the eigenvalue to rounding and is returned.
+    bound, cubically convergent at a simple eigenvalue, exact at once for a multiple
+    one that is the only eigenvalue.  A step needs ``trace((mu I - G)^-1)`` and its
+    Frobenius norm squared, from the Cholesky factor of ``mu I - G``; where that is
+    no longer positive definite, mu equals the eigenvalue to rounding and is returned.
 
     Parameters
     ----------
