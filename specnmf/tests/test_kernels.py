@@ -366,7 +366,7 @@ def test_kernel_source_is_the_template_expanded(q):
     lines = [line.strip() for line in source.splitlines()]
     # the checking Gram kernel and the fit's row Grams, each in packed order
     assert [line for line in lines if line.startswith("G[i, ")] == stores + stores
-    assert f"m = {' + '.join(f'c{k} * t{k}' for k in range(q))}" in lines
+    assert f"m = {' + '.join(f'c{k} * Tm[{k}, j]' for k in range(q))}" in lines
 
 
 def test_transform_of_any_layout_and_dtype_is_the_same():
@@ -484,6 +484,17 @@ def test_fused_pass_adds_every_observed_pixel_once(q, dtype):
     assert chi == 0
     np.testing.assert_array_equal(A, C.T.astype(np.float64) @ (v * X))
     np.testing.assert_array_equal(D, C_new.T.astype(np.float64) @ (v * (C @ T)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [1, 15, 16, 5700])
+def test_aligned_rows_start_on_cache_lines(dtype, d):
+    """mu_q's templates and statistics: each row on a 64-byte boundary, C-contiguous."""
+    for _ in range(5):                                  # whatever offset the buffer gets
+        a = _kernels._aligned_rows(7, d, dtype)
+        assert a.dtype == dtype and a.flags.c_contiguous and a.shape[0] == 7
+        assert a.shape[1] >= d and a.strides[0] % 64 == 0
+        assert all(row.ctypes.data % 64 == 0 for row in a)
 
 
 @pytest.mark.parametrize("q", [1, 2, 5, _kernels.MAX_Q])
