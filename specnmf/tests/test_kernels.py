@@ -86,15 +86,19 @@ def test_thread_count_does_not_change_results():
     assert np.array_equal(r1[0], r2[0]) and np.array_equal(r1[1], r2[1])
 
 
-def test_pixel_stats_do_not_depend_on_threads_or_pixel_blocks():
+@pytest.mark.parametrize("n,d", [(301, 130), (13, 6 * _kernels.PIX_BLOCK + 5)])
+def test_pixel_stats_do_not_depend_on_threads_or_pixel_blocks(n, d):
     # the pixels are shared out in blocks; the sums' bits must not depend on the blocks
-    X, ivar, C, _ = _problem(301, 130, 4, seed=4)
+    # (the wide grid: each thread's share spans several PIX_BLOCKs)
+    X, ivar, C, _ = _problem(n, d, 4, seed=4)
     lo, hi = _kernels.spans(ivar)
     one = _kernels.fit_pixel_stats(ivar, ivar * X, C, lo, hi, threads=1)
     two = _kernels.fit_pixel_stats(ivar, ivar * X, C, lo, hi, threads=2)
     many = _kernels.fit_pixel_stats(ivar, ivar * X, C, lo, hi, threads=7)
     for a, b, c in zip(one, two, many):
         assert np.array_equal(a, b) and np.array_equal(a, c)
+    np.testing.assert_allclose(one[0], C.T @ (ivar * X), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(one[1], gram.pixel_grams(ivar, C, np), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("q", [1, 5, _kernels.MAX_Q])
