@@ -664,7 +664,7 @@ def checked_row_grams(X, ivar, T, *, threads=None, solve=False, pivots=(1e-9, 1e
         _compile_helpers()
 
     def work(sl):
-        kernel(X[sl], ivar[sl], T, G[sl], b[sl], flags[sl], lo[sl], hi[sl])
+        kernel(X[sl], ivar[sl], T, T, G[sl], b[sl], flags[sl], lo[sl], hi[sl])
         if solve:
             _nnls_rows(G[sl], b[sl], x[sl], flags[sl], *pivots, *kkt)
 
