@@ -16,7 +16,7 @@ if not (ROOT / "benchmarks" / "roofline.py").is_file():
     pytest.skip("benchmarks/ is not part of this installation", allow_module_level=True)
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.roofline import TARGETS, counts, main  # noqa: E402
+from benchmarks.roofline import TARGETS, counts, main, second_core  # noqa: E402
 
 
 @pytest.mark.parametrize("op", sorted(TARGETS))
@@ -44,7 +44,9 @@ def test_roofline_script_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roof.json", "roof.md"]
     saved = json.loads((tmp_path / "roof.json").read_text())
     assert [r["operation"] for r in saved["rows"]] == [r["operation"] for r in results["rows"]]
-    for roof in results["roof"].values():
+    # measured before and after the operations, on the same thread counts
+    assert set(results["roof_after"]) == set(results["roof"])
+    for roof in [*results["roof"].values(), *results["roof_after"].values()]:
         assert roof["bandwidth_gbs"] > 0
         assert roof["peak_float64_gflops"] > 0 and roof["peak_float32_gflops"] > 0
     # every operation of the configuration, each measured (a failed child gives no row)
@@ -72,4 +74,9 @@ def test_roofline_script_end_to_end(tmp_path, capsys):
             assert r["flops_per_spectrum"] == r64["flops_per_spectrum"]
             assert 2 * r["bytes_per_spectrum"] == r64["bytes_per_spectrum"]
     table = (tmp_path / "roof.md").read_text()
+    if {1, 2} <= set(results["roof"]):
+        share = second_core(results["roof"])
+        assert share == pytest.approx(results["roof"][2]["peak_float64_gflops"]
+                                      / results["roof"][1]["peak_float64_gflops"])
+        assert f"{share:.2f} before the operations" in table
     assert all(op in table for op in TARGETS) and table in capsys.readouterr().out
