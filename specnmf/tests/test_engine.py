@@ -9,6 +9,7 @@ import pytest
 
 from specnmf import SpectralNMF, _kernels
 from specnmf.engine import InMemory, Streamed, make_engine
+from specnmf.solvers import forms
 
 
 def windowed(n=300, d=400, k=3, width=0.35, seed=0):
@@ -66,10 +67,14 @@ def test_cropped_fit_equals_the_uncropped_fit(solver, tmp_path):
 
 
 @pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
-def test_prepared_blocks_are_not_reused_across_forms():
+@pytest.mark.parametrize("gram_max_q", [2, 8], ids=["to-dense", "to-gram"])
+def test_prepared_blocks_are_not_reused_across_forms(monkeypatch, gram_max_q):
     # a sequential start past _kernels.MAX_Q components moves one engine from the fused
     # kernel's uncropped blocks (observed spans) to cropped blocks of the other forms
-    # (weighted flux): the engine must prepare them again, not index one with the other
+    # (weighted flux): the engine must prepare them again, not index one with the other.
+    # MAX_Q lowered to 2, so that two kernels are compiled rather than ten
+    monkeypatch.setattr(_kernels, "MAX_Q", 2)
+    monkeypatch.setattr(forms, "GRAM_MAX_Q", gram_max_q)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 300)) + 3.0
     ivar = rng.uniform(0.5, 2.0, size=X.shape)
